@@ -1,0 +1,165 @@
+"""Pydantic settings, one model per stage. Every value has a default that works and a help text.
+
+The CLI, the app and the Python API all build these objects; each stage receives its own object and
+reads nothing else, so no setting is read in two places.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def default_cache_dir() -> Path:
+    """Where built models and encoded latents are cached: `$DREAMRELATION_CACHE` or ~/.cache/dreamrelation."""
+    return Path(os.environ.get("DREAMRELATION_CACHE", Path.home() / ".cache" / "dreamrelation"))
+
+
+def _check_clip_shape(settings) -> None:
+    """Raise ValueError unless num_frames is 6k+1 and height/width are multiples of 16 (where set)."""
+    if settings.num_frames is not None and (settings.num_frames - 1) % 6:
+        raise ValueError(f"num_frames must be 6k+1 (e.g. 13, 25, 61), got {settings.num_frames}")
+    for name in ("height", "width"):
+        value = getattr(settings, name)
+        if value is not None and value % 16:
+            raise ValueError(f"{name} must be a multiple of 16, got {value}")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Settings):
+    """Which base model to load and where it runs."""
+
+    name: str = Field(
+        "tiny-random",
+        description="Base model: 'tiny-random', 'toy', 'mochi-1', a Hub id, or a folder holding a saved MochiPipeline.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Base weights' dtype: 'auto' is bf16 on GPU and fp32 on CPU. Adapters always stay fp32."
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Cache for built models and latents.")
+    seed: int = Field(0, description="Seed of the tiny-random model's weights.")
+
+
+class DataConfig(_Settings):
+    """The relation dataset folder and how its videos become training clips."""
+
+    data_dir: Path = Field(..., description="Folder with NAME.mp4|.mov|.webm videos, NAME.txt captions, masks/NAME/.")
+    masks_dir: Path | None = Field(None, description="Masks folder when not DATA/masks (the reference's layout).")
+    num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
+    height: int | None = Field(None, ge=16, description="Clip height in pixels (multiple of 16); None: model default.")
+    width: int | None = Field(None, ge=16, description="Clip width in pixels (multiple of 16); None: model default.")
+    frame_sampling: Literal["first", "uniform"] = Field(
+        "first", description="'first': the first frames at the source rate; 'uniform': spread over the whole video."
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self):
+        _check_clip_shape(self)
+        return self
+
+
+class MethodConfig(_Settings):
+    """The DreamRelation method: adapters, hybrid-mask loss and relational contrastive loss."""
+
+    mode: Literal["dreamrelation", "direct-lora"] = Field(
+        "dreamrelation",
+        description="'dreamrelation': relation/subject/ffn adapters with hybrid masks; "
+        "'direct-lora': one adapter on q,k,v,out and plain MSE (the paper's baseline).",
+    )
+    relation_placement: Literal["qk", "q", "v"] = Field(
+        "qk", description="Projections of the relation adapter ('qk' is the paper's; others are ablations)."
+    )
+    rank: int = Field(16, ge=1, description="LoRA rank of the relation and subject adapters.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha of the relation and subject adapters.")
+    ffn_rank: int | None = Field(None, ge=1, description="Rank of the ffn adapter; None: same as rank.")
+    ffn_alpha: float | None = Field(None, gt=0, description="Alpha of the ffn adapter; None: same as alpha.")
+    subject_adapters: bool = Field(True, description="Train subject1/subject2 adapters (off: relation mode only).")
+    mask_loss: bool = Field(True, description="Weight the loss with the subject/relation masks (hybrid masks).")
+    lambda_mask: float = Field(50.0, ge=0, description="λ_m: weight of the masked term, loss·(1 + λ_m·m²).")
+    contrastive: bool = Field(True, description="Add the space-time relational contrastive loss.")
+    lambda_contrastive: float = Field(0.01, ge=0, description="λ_1: weight of the contrastive loss.")
+    temperature: float = Field(0.07, gt=0, description="τ of the InfoNCE loss.")
+    num_positives: int = Field(4, ge=1, description="Positives per anchor drawn from the positive bank.")
+    num_negatives: int = Field(10, ge=1, description="Negatives: the clip's own frames, then the negative bank.")
+    positive_bank_size: int = Field(10, ge=1, description="FIFO size of the bank of relational dynamics.")
+    negative_bank_size: int = Field(64, ge=1, description="FIFO size of the bank of single-frame features.")
+
+    @property
+    def resolved_ffn_rank(self) -> int:
+        return self.ffn_rank or self.rank
+
+    @property
+    def resolved_ffn_alpha(self) -> float:
+        return self.ffn_alpha or self.alpha
+
+
+class TrainConfig(_Settings):
+    """The optimisation loop."""
+
+    output_dir: Path = Field(Path("outputs/relation"), description="Where checkpoints, progress and the LoRA go.")
+    steps: int = Field(2000, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(200, ge=0, description="Linear warm-up steps (capped at 10% of steps), then cosine.")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of training on the empty caption.")
+    seed: int = Field(0, description="Seed of every random choice in training.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many newest checkpoints to keep.")
+    resume: bool = Field(False, description="Continue from the newest checkpoint in output_dir.")
+    sample_every: int = Field(0, ge=0, description="Render a sample video every N steps (0: never).")
+    sample_prompt: str | None = Field(None, description="Prompt of the samples; None: the first caption.")
+    log_every: int = Field(1, ge=1, description="Append to progress.jsonl every N steps.")
+
+
+class GenerateConfig(_Settings):
+    """One generation request."""
+
+    prompt: str = Field(..., description="What to generate, e.g. 'A bear is shaking hands with a raccoon.'")
+    negative_prompt: str = Field("", description="What to steer away from.")
+    seed: int = Field(0, description="Seed of the initial noise.")
+    steps: int = Field(64, ge=2, description="Denoising steps (diffusers' Mochi needs at least 2).")
+    guidance_scale: float = Field(6.0, ge=0, description="Classifier-free guidance scale.")
+    num_frames: int | None = Field(None, ge=1, description="Frames (6k+1); None: the model's default.")
+    height: int | None = Field(None, ge=16, description="Height in pixels (multiple of 16); None: model default.")
+    width: int | None = Field(None, ge=16, description="Width in pixels (multiple of 16); None: model default.")
+    lora_scale: float = Field(1.0, ge=0, description="Strength of the relation LoRA.")
+    fuse_lora: bool = Field(False, description="Fuse the LoRA into the weights (faster steps).")
+    cpu_offload: bool = Field(False, description="Model CPU offload (GPU memory saver).")
+    vae_tiling: bool = Field(False, description="Decode in tiles (GPU memory saver).")
+    fps: int = Field(30, ge=1, description="Frame rate of the written mp4.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.prompt.strip():
+            raise ValueError("prompt is empty: describe the video, e.g. 'A bear is shaking hands with a raccoon.'")
+        _check_clip_shape(self)
+        return self
+
+
+class RunConfig(_Settings):
+    """Everything one training run needs; saved beside its outputs as config.yaml."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: dict) -> "RunConfig":
+        """Read a YAML file and merge per-section `overrides` (e.g. train={"steps": 10}) on top."""
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        for section, values in overrides.items():
+            raw.setdefault(section, {}).update(values)
+        return cls.model_validate(raw)

@@ -1,0 +1,158 @@
+"""Data preparation: each clip, caption and mask set encoded once and cached on disk.
+
+A record is keyed by the content of its inputs (video bytes, caption, mask files), the clip settings and a
+fingerprint of the encoders, so a second run on the same data encodes nothing, and a changed setting or
+model is never silently served stale latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from dreamrelation.config import DataConfig
+from dreamrelation.data.dataset import RelationSample, load_subject_masks, scan_dataset
+from dreamrelation.data.video import load_clip
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    num_frames: int
+    height: int
+    width: int
+
+
+@dataclass
+class PreparedDataset:
+    """Encoded training records plus the empty caption's encoding (for caption dropout).
+
+    Each record: latent_mean, latent_logvar (C, F', H', W'); prompt_embeds (L, D); prompt_mask (L,) bool;
+    subject_masks (2, F', H', W') on the latent grid.
+    """
+
+    records: list[dict[str, torch.Tensor]]
+    empty_prompt: dict[str, torch.Tensor]
+    captions: list[str]
+    shape: ClipShape
+    encoded: int  # records encoded in this call (0 when everything came from the cache)
+
+
+def clip_shape(data: DataConfig, defaults) -> ClipShape:
+    """The clip size of a run: the data settings, else the model family's defaults."""
+    return ClipShape(
+        num_frames=data.num_frames or defaults.num_frames,
+        height=data.height or defaults.height,
+        width=data.width or defaults.width,
+    )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A digest of the encoders of a saved pipeline: every config in full, weight files by name and size
+    (hashing tens of GB of T5 weights per run would cost more than the encoding it saves)."""
+    digest = hashlib.sha256()
+    for component in ("model_index.json", "vae", "text_encoder", "tokenizer"):
+        root = Path(folder) / component
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for path in files:
+            if not path.is_file():
+                continue
+            digest.update(str(path.relative_to(folder)).encode())
+            if path.suffix in (".json", ".txt", ".model"):
+                digest.update(path.read_bytes())
+            else:
+                digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def _record_key(sample: RelationSample, shape: ClipShape, sampling: str, fingerprint: str) -> str:
+    masks = sorted(p for p in sample.mask_dir.iterdir() if p.is_file())
+    payload = {
+        "version": FORMAT_VERSION,
+        "video": _file_digest(sample.video),
+        "caption": sample.caption,
+        "masks": [(p.name, _file_digest(p)) for p in masks],
+        "shape": [shape.num_frames, shape.height, shape.width],
+        "sampling": sampling,
+        "model": fingerprint,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, staging)
+    os.replace(staging, path)
+
+
+def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: str) -> dict[str, torch.Tensor]:
+    spec, pipe = loaded.spec, loaded.pipe
+    frames, indices = load_clip(sample.video, shape.num_frames, shape.height, shape.width, sampling)
+    masks = torch.from_numpy(load_subject_masks(sample.mask_dir, indices, shape.height, shape.width))
+    mean, logvar = spec.encode_clip(pipe, frames)
+    embeds, prompt_mask = spec.encode_prompts(pipe, [sample.caption])
+    return {
+        "latent_mean": mean,
+        "latent_logvar": logvar,
+        "prompt_embeds": embeds[0].float(),
+        "prompt_mask": prompt_mask[0],
+        "subject_masks": spec.masks_to_latent_grid(masks),
+    }
+
+
+def _empty_prompt(loaded, cache_dir: Path, fingerprint: str) -> dict[str, torch.Tensor]:
+    path = cache_dir / f"empty-prompt-{fingerprint[:32]}.safetensors"
+    if path.exists():
+        return load_file(path)
+    embeds, mask = loaded.spec.encode_prompts(loaded.pipe, [""])
+    record = {"prompt_embeds": embeds[0].float(), "prompt_mask": mask[0]}
+    _save_atomic(record, path)
+    return record
+
+
+def prepare_dataset(loaded, data: DataConfig, cache_dir: Path, show_progress: bool = True) -> PreparedDataset:
+    """Scan `data.data_dir`, encode what the cache lacks, and return every record.
+
+    `loaded` is a LoadedModel whose VAE and text encoder are used (and may be freed afterwards).
+    Raises DatasetError / VideoError with the problems of the dataset.
+    """
+    samples = scan_dataset(data.data_dir, data.masks_dir)
+    shape = clip_shape(data, loaded.spec.defaults)
+    latents_dir = Path(cache_dir) / "latents"
+    fingerprint = model_fingerprint(loaded.folder)
+    records, encoded = [], 0
+    for sample in tqdm(samples, desc="preparing clips", disable=not show_progress):
+        path = latents_dir / f"{_record_key(sample, shape, data.frame_sampling, fingerprint)}.safetensors"
+        if path.exists():
+            records.append(load_file(path))
+            continue
+        record = _encode_sample(loaded, sample, shape, data.frame_sampling)
+        _save_atomic(record, path)
+        records.append(record)
+        encoded += 1
+    return PreparedDataset(
+        records=records,
+        empty_prompt=_empty_prompt(loaded, latents_dir, fingerprint),
+        captions=[s.caption for s in samples],
+        shape=shape,
+        encoded=encoded,
+    )

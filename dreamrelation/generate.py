@@ -1,0 +1,107 @@
+"""Generation: the base pipeline plus a relation LoRA -> frames and an mp4."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamrelation.config import GenerateConfig, ModelConfig
+from dreamrelation.export import LORA_FILENAME
+from dreamrelation.models import LoadedModel, load_model
+
+LORA_ADAPTER_NAME = "relation"
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot run; the message says what to change."""
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    path: Path
+
+
+def resolve_lora_file(lora: Path) -> Path:
+    """A training output folder or a .safetensors file -> the LoRA file, checked to hold LoRA weights."""
+    from safetensors import safe_open
+
+    lora = Path(lora)
+    path = lora / LORA_FILENAME if lora.is_dir() else lora
+    if not path.is_file():
+        raise GenerationError(f"no relation LoRA at {path}: pass a training output folder or its {LORA_FILENAME}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception:
+        raise GenerationError(f"{path} is not a readable .safetensors LoRA file") from None
+    if not keys or not all("lora" in key for key in keys):
+        raise GenerationError(f"{path} holds no LoRA weights (keys must contain 'lora')")
+    return path
+
+
+def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int, int]:
+    """(num_frames, height, width) of a request, the model's defaults filling what it leaves open."""
+    defaults = loaded.spec.defaults
+    return (config.num_frames or defaults.num_frames, config.height or defaults.height, config.width or defaults.width)
+
+
+def load_relation_lora(loaded: LoadedModel, lora_file: Path, scale: float = 1.0, fuse: bool = False) -> None:
+    """Load an exported relation LoRA into the pipeline with stock diffusers, at `scale`, optionally fused."""
+    pipe = loaded.pipe
+    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=LORA_ADAPTER_NAME)
+    if fuse:  # merged into the base weights: no adapter overhead per step
+        pipe.fuse_lora(lora_scale=scale, adapter_names=[LORA_ADAPTER_NAME])
+        pipe.unload_lora_weights()
+    else:
+        pipe.set_adapters([LORA_ADAPTER_NAME], [scale])
+
+
+def render(loaded: LoadedModel, config: GenerateConfig) -> np.ndarray:
+    """Run the pipeline for one request with whatever adapters are active; returns uint8 (F, H, W, 3)."""
+    num_frames, height, width = clip_settings(loaded, config)
+    pipe = loaded.pipe
+    output = pipe(
+        prompt=config.prompt,
+        negative_prompt=config.negative_prompt,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(config.seed),
+        max_sequence_length=loaded.spec.max_text_length(pipe),
+        output_type="np",
+    )
+    return (np.clip(output.frames[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def generate(
+    model: ModelConfig,
+    lora: Path | None,
+    config: GenerateConfig,
+    output: Path,
+    loaded: LoadedModel | None = None,
+) -> GenerationResult:
+    """Generate one video with the base model and (unless `lora` is None) a relation LoRA; writes `output` (.mp4).
+
+    Everything is validated before the model loads. Returns the frames (uint8 (F, H, W, 3)) and the path.
+    """
+    from dreamrelation.data.video import write_video
+
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise GenerationError(f"output must be an .mp4 file, got {output.name!r}")
+    lora_file = resolve_lora_file(lora) if lora is not None else None
+    loaded = loaded or load_model(model)
+    if lora_file is not None:
+        load_relation_lora(loaded, lora_file, config.lora_scale, config.fuse_lora)
+    if config.cpu_offload and loaded.device.type == "cuda":
+        loaded.pipe.enable_model_cpu_offload()
+    if config.vae_tiling:
+        loaded.pipe.vae.enable_tiling()
+    frames = render(loaded, config)
+    return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps))

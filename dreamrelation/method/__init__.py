@@ -1,0 +1,1 @@
+"""The DreamRelation method: adapters and losses. Knows nothing about files or jobs."""

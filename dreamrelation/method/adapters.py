@@ -1,0 +1,112 @@
+"""The relation LoRA triplet as named peft adapters, and the hybrid-mask training modes (METHOD.md §1-2).
+
+| adapter   | placement (default)                    | trained in modes            | exported |
+|-----------|----------------------------------------|-----------------------------|----------|
+| relation  | video and text query/key               | relation                    | yes      |
+| subject1  | video and text value                   | relation, subject1          | no       |
+| subject2  | video and text value                   | relation, subject2          | no       |
+| ffn       | attention output projections           | every mode                  | yes      |
+
+Adapter outputs add up (`y = W x + sum_active (alpha/r) B A x`); masks never gate them, they weight the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import cast_adapter_dtype, set_adapter
+
+from dreamrelation.config import MethodConfig
+from dreamrelation.models.base import ModelSpecification
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One named adapter: where it goes (a placement key of the model family) and its rank/alpha."""
+
+    name: str
+    placement: str
+    rank: int
+    alpha: float
+
+
+@dataclass(frozen=True)
+class TrainingMode:
+    """One hybrid-mask mode: the adapters active in it and the loss mask it uses ('relation', 'subject1',
+    'subject2' or None for plain MSE)."""
+
+    name: str
+    adapters: tuple[str, ...]
+    loss_mask: str | None
+
+
+# Where the relation adapter goes for each placement, and then the subject adapters (the ablation
+# "relation on V" swaps the two).
+_SUBJECT_PLACEMENT = {"qk": "v", "q": "v", "v": "qk"}
+
+
+def adapter_specs(method: MethodConfig) -> list[AdapterSpec]:
+    """The adapters of a method configuration, in the order they are added."""
+    if method.mode == "direct-lora":
+        return [AdapterSpec("direct", "qkvo", method.rank, method.alpha)]
+    specs = [AdapterSpec("relation", method.relation_placement, method.rank, method.alpha)]
+    if method.subject_adapters:
+        subject_placement = _SUBJECT_PLACEMENT[method.relation_placement]
+        specs += [AdapterSpec(name, subject_placement, method.rank, method.alpha) for name in ("subject1", "subject2")]
+    specs.append(AdapterSpec("ffn", "out", method.resolved_ffn_rank, method.resolved_ffn_alpha))
+    return specs
+
+
+def exported_adapters(method: MethodConfig) -> list[str]:
+    """Adapters kept for inference: relation + ffn (subject adapters are dropped), or the direct one."""
+    return ["direct"] if method.mode == "direct-lora" else ["relation", "ffn"]
+
+
+def training_modes(method: MethodConfig) -> list[TrainingMode]:
+    """The modes one step picks from uniformly (METHOD.md §2)."""
+    relation_mask = "relation" if method.mask_loss else None
+    if method.mode == "direct-lora":
+        return [TrainingMode("direct", ("direct",), None)]
+    if not method.subject_adapters:
+        return [TrainingMode("relation", ("relation", "ffn"), relation_mask)]
+    return [
+        TrainingMode("relation", ("relation", "subject1", "subject2", "ffn"), relation_mask),
+        TrainingMode("subject1", ("subject1", "ffn"), "subject1" if method.mask_loss else None),
+        TrainingMode("subject2", ("subject2", "ffn"), "subject2" if method.mask_loss else None),
+    ]
+
+
+def add_adapters(transformer: torch.nn.Module, spec: ModelSpecification, method: MethodConfig) -> list[str]:
+    """Add the method's LoRA adapters (A Kaiming-uniform, B zero, dropout 0, fp32) to `transformer`.
+
+    Every target list is computed before the first adapter is added, since wrapped layers stop being
+    `nn.Linear`. Returns the adapter names; all of them are active and trainable afterwards.
+    """
+    plans = [(adapter, spec.target_modules(transformer, adapter.placement)) for adapter in adapter_specs(method)]
+    for adapter, targets in plans:
+        config = LoraConfig(
+            r=adapter.rank,
+            lora_alpha=adapter.alpha,
+            lora_dropout=0.0,
+            init_lora_weights=True,
+            target_modules=targets,
+        )
+        transformer.add_adapter(config, adapter_name=adapter.name)
+        # The base may run in bf16; adapter weights stay fp32 (peft casts inputs to the adapter's dtype).
+        cast_adapter_dtype(transformer, adapter.name)
+    names = [adapter.name for adapter, _ in plans]
+    activate_adapters(transformer, names)
+    return names
+
+
+def activate_adapters(transformer: torch.nn.Module, names: list[str] | tuple[str, ...]) -> None:
+    """Make exactly `names` active: they take part in the forward pass and require grad; the others neither."""
+    set_adapter(transformer, list(names))
+
+
+def adapter_parameters(transformer: torch.nn.Module, name: str) -> dict[str, torch.nn.Parameter]:
+    """{parameter path: parameter} of one adapter's LoRA weights."""
+    marker = f".{name}."
+    return {path: p for path, p in transformer.named_parameters() if "lora_" in path and marker in path}

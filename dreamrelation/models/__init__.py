@@ -1,0 +1,110 @@
+"""Base models: a registry of families and `load_model`, which turns a ModelConfig into a loaded pipeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dreamrelation.config import ModelConfig
+from dreamrelation.models.base import ModelSpecification
+from dreamrelation.models.mochi import MochiSpecification
+
+FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification()}
+
+HUB_ALIASES = {"mochi-1": "genmo/mochi-1-preview"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
+
+
+class ModelLoadError(RuntimeError):
+    """The base model cannot be found or loaded; the message says how to provide it."""
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpecification
+    pipe: object
+    source: str
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; otherwise torch.device(name)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on GPU, fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def specification_for(folder: Path) -> ModelSpecification:
+    """The family of a saved pipeline folder, from its model_index.json."""
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise ModelLoadError(f"{folder} is not a saved diffusers pipeline (no model_index.json)")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    if class_name not in FAMILIES:
+        raise ModelLoadError(f"{folder} holds a {class_name}; supported pipelines: {sorted(FAMILIES)}")
+    return FAMILIES[class_name]
+
+
+def _hub_snapshot(repo_id: str, name: str) -> Path:
+    """The local snapshot of a Hub model: the cache first, then one download attempt, never a retry loop."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, etag_timeout=10))
+    except Exception as error:
+        raise ModelLoadError(
+            f"model {name!r} ({repo_id}) is not in the Hugging Face cache and could not be downloaded "
+            f"({type(error).__name__}). On a connected machine run `hf download {repo_id}`, or pass "
+            f"--model /path/to/a/saved/pipeline."
+        ) from None
+
+
+def resolve_source(config: ModelConfig) -> Path:
+    """The folder holding the pipeline named by `config.name` (building tiny-random on first use)."""
+    name = config.name
+    if name == "tiny-random":
+        from dreamrelation.models.tiny_random import materialize_tiny_pipeline
+
+        return materialize_tiny_pipeline(config.cache_dir, seed=config.seed)
+    if name == "toy":
+        if not (TOY_MODEL_DIR / "model_index.json").exists():
+            raise ModelLoadError(f"the embedded toy model is missing from {TOY_MODEL_DIR}; use --model tiny-random")
+        return TOY_MODEL_DIR
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name in HUB_ALIASES or name.count("/") == 1:
+        return _hub_snapshot(HUB_ALIASES.get(name, name), name)
+    raise ModelLoadError(
+        f"unknown model {name!r}: use 'tiny-random', 'toy', 'mochi-1', a Hub id (org/name) or a pipeline folder"
+    )
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load the base pipeline named by `config` on its device and dtype; ModelLoadError with a fix otherwise."""
+    folder = resolve_source(config)
+    spec = specification_for(folder)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    try:
+        pipe = spec.load_pipeline(str(folder), dtype, device)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the pipeline in {folder}: {error}") from error
+    return LoadedModel(spec=spec, pipe=pipe, source=config.name, folder=folder, device=device, dtype=dtype)

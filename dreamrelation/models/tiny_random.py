@@ -1,0 +1,131 @@
+"""Tiny random MochiPipelines built in code: the `tiny-random` model of tests and CPU benchmarks.
+
+They are real diffusers components (T5EncoderModel, AutoencoderKLMochi, MochiTransformer3DModel, the Mochi
+scheduler) with small configs, saved once with `save_pretrained` and then loaded with `from_pretrained`
+exactly like a Hub model, so every code path is the one Mochi-1 takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+# Words of relation captions; anything else tokenises to <unk>. A word-level vocabulary keeps the tiny text
+# encoder able to tell "dog" from "cat" (a T5 tokenizer without its sentencepiece model cannot).
+VOCABULARY = """
+a an the is are and with of to on in at over under behind beside near from into onto around toward towards
+away each other its their his her one two left right up down front back top bottom side
+person man woman child boy girl people dog cat bear raccoon panda monkey horse cow sheep bird duck fox wolf
+tiger lion rabbit mouse elephant giraffe robot astronaut teddy toy ball box cube circle square triangle star
+shape hand hands arm arms head
+red green blue yellow orange purple pink white black gray grey brown cyan magenta small big large tiny
+shaking high-fiving high five hugging hug chasing chases orbiting orbits approaching approaches moving moves
+jumping jumps swapping swaps places bouncing bounces off pushing pushes pulling pulls following follows
+leading leads kicking kicks punching punches walking walks running runs dancing dances fighting fights
+holding holds touching touches passing passes throwing throws catching catches greeting greets waving waves
+pointing points sitting sits standing stands next past through across
+. , !
+""".split()
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
+
+SIZES = {
+    # 0.06M-parameter transformer: unit tests.
+    "tiny": dict(layers=2, heads=2, head_dim=8, text_dim=32, pooled_dim=16, vae_channels=32, t5_layers=2),
+    # A few million parameters: CPU benchmarks where per-step overheads should not dominate.
+    "small": dict(layers=4, heads=4, head_dim=32, text_dim=64, pooled_dim=64, vae_channels=32, t5_layers=2),
+}
+
+
+def build_tokenizer(max_length: int = 32):
+    """A word-level `PreTrainedTokenizerFast` over VOCABULARY (lower-cased, punctuation split, `</s>` appended)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + VOCABULARY)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
+    """A MochiPipeline with random weights, deterministic in `seed`; `size` is a key of SIZES."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    if size not in SIZES:
+        raise ValueError(f"unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
+    s = SIZES[size]
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=s["text_dim"],
+            d_kv=s["text_dim"] // 4,
+            d_ff=2 * s["text_dim"],
+            num_layers=s["t5_layers"],
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    )
+    channels = (s["vae_channels"],) * 4
+    vae = AutoencoderKLMochi(
+        latent_channels=12,
+        out_channels=3,
+        encoder_block_out_channels=channels,
+        decoder_block_out_channels=channels,
+        layers_per_block=(1, 1, 1, 1, 1),
+    )
+    transformer = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=s["heads"],
+        attention_head_dim=s["head_dim"],
+        num_layers=s["layers"],
+        pooled_projection_dim=s["pooled_dim"],
+        in_channels=12,
+        text_embed_dim=s["text_dim"],
+        time_embed_dim=4,
+        max_sequence_length=tokenizer.model_max_length,
+    )
+    # Mochi's RoPE frequencies are zero-initialised (the real ones are learned); random ones make position matter.
+    with torch.no_grad():
+        transformer.pos_frequencies.normal_(0.0, 1.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
+    return MochiPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Build and `save_pretrained` a tiny pipeline once under `cache_dir`; returns its folder.
+
+    Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
+    """
+    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v1"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        build_tiny_pipeline(seed, size).save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process won the race; its copy is identical
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

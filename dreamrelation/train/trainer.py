@@ -1,0 +1,278 @@
+"""The DreamRelation training run: named phases, then one readable step function.
+
+    prepare model -> prepare data (encode once, cached) -> add adapters -> optimizer -> resume -> train -> export
+
+accelerate handles devices, mixed precision and multi-process data parallelism (`accelerate launch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm.auto import tqdm
+
+from dreamrelation.config import RunConfig
+from dreamrelation.data.cache import PreparedDataset, prepare_dataset
+from dreamrelation.export import export_lora
+from dreamrelation.method.adapters import (
+    TrainingMode,
+    activate_adapters,
+    add_adapters,
+    exported_adapters,
+    training_modes,
+)
+from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
+from dreamrelation.models import LoadedModel, load_model
+from dreamrelation.train import checkpoint as ckpt
+from dreamrelation.train.progress import ProgressLog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    lora_path: Path
+    steps: int
+    losses: list[float]  # total loss of every step run in this call
+    encoded_clips: int  # clips encoded by this call (0 when the cache had them all)
+
+
+@dataclass
+class TrainState:
+    """What a step reads and changes besides the model: saved whole in every checkpoint."""
+
+    step: int
+    data_generator: torch.Generator  # per process: clip choice, noise, sigma, caption dropout, bank draws
+    mode_generator: torch.Generator  # same on every process, so all ranks train the same mode each step
+    contrastive: RelationalContrastiveLoss | None
+
+
+def warmup_steps(run: RunConfig) -> int:
+    """The configured warm-up, scaled down to at most 10% of a short run."""
+    return min(run.train.warmup_steps, run.train.steps // 10)
+
+
+def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool = True) -> TrainResult:
+    """Train a relation LoRA as `run` says; returns where it went. Resumes when `run.train.resume` is set.
+
+    `loaded` lets a caller reuse a pipeline already in memory (it is modified: adapters are added).
+    """
+    out = Path(run.train.output_dir)
+    accelerator = Accelerator(
+        mixed_precision="no",  # the base is loaded in its compute dtype; adapters stay fp32 (peft casts inputs)
+        cpu=run.model.device == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    # Phase 1: model.
+    if loaded is None:
+        model_config = run.model.model_copy(update={"device": str(accelerator.device)})
+        loaded = load_model(model_config)
+    spec, pipe = loaded.spec, loaded.pipe
+
+    # Phase 2: data, encoded once (the main process fills the cache, the others read it).
+    with accelerator.main_process_first():
+        dataset = prepare_dataset(loaded, run.data, run.model.cache_dir, show_progress and accelerator.is_main_process)
+    keep_decoders = run.train.sample_every > 0
+    if not keep_decoders:  # Mochi's T5-XXL and VAE would sit in GPU memory for nothing
+        pipe.text_encoder.to("cpu")
+        pipe.vae.to("cpu")
+
+    # Phase 3: adapters and optimizer.
+    transformer = pipe.transformer
+    transformer.requires_grad_(False)
+    add_adapters(transformer, spec, run.method)
+    if run.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=run.train.learning_rate, weight_decay=run.train.weight_decay)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps(run), run.train.steps)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+
+    # Phase 4: state, fresh or resumed.
+    state = TrainState(
+        step=0,
+        data_generator=torch.Generator().manual_seed(run.train.seed + accelerator.process_index),
+        mode_generator=torch.Generator().manual_seed(run.train.seed),
+        contrastive=_contrastive_loss(run) if run.method.contrastive and run.method.mode == "dreamrelation" else None,
+    )
+    if run.train.resume and (latest := ckpt.latest_checkpoint(out)) is not None:
+        _restore(latest, transformer, optimizer, lr_schedule, state, accelerator.process_index)
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(run.to_yaml())
+    progress = ProgressLog(out / "progress.jsonl") if accelerator.is_main_process else None
+    if progress:
+        progress.write(event="start", step=state.step, steps=run.train.steps, clips=len(dataset.records))
+
+    # Phase 5: the loop.
+    modes = training_modes(run.method)
+    losses: list[float] = []
+    seconds_per_step = None
+    bar = tqdm(total=run.train.steps, initial=state.step, desc="training", disable=not (show_progress and accelerator.is_main_process))
+    while state.step < run.train.steps:
+        started = time.perf_counter()
+        mode = modes[int(torch.randint(len(modes), (1,), generator=state.mode_generator))]
+        terms = train_step(run, loaded, model, transformer, optimizer, dataset, mode, state, accelerator)
+        lr_schedule.step()
+        state.step += 1
+        elapsed = time.perf_counter() - started
+        seconds_per_step = elapsed if seconds_per_step is None else 0.9 * seconds_per_step + 0.1 * elapsed
+        losses.append(terms["loss"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{terms['loss']:.4f}", mode=mode.name)
+        if progress and (state.step % run.train.log_every == 0 or state.step == run.train.steps):
+            progress.write(
+                step=state.step,
+                steps=run.train.steps,
+                mode=mode.name,
+                **terms,
+                lr=lr_schedule.get_last_lr()[0],
+                sec_per_step=round(elapsed, 4),
+                eta_s=round(seconds_per_step * (run.train.steps - state.step), 1),
+            )
+        if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
+            _save(out, run, transformer, optimizer, lr_schedule, state, accelerator)
+        if keep_decoders and state.step % run.train.sample_every == 0 and accelerator.is_main_process:
+            _render_sample(run, loaded, dataset, out / "samples" / f"step-{state.step:07d}.mp4")
+    bar.close()
+
+    # Phase 6: export (main process) and a final record.
+    lora_path = out / "relation_lora.safetensors"
+    if accelerator.is_main_process:
+        lora_path = export_lora(type(pipe), transformer, run, out)
+        progress.write(event="done", step=state.step, lora=str(lora_path))
+    accelerator.wait_for_everyone()
+    activate_adapters(transformer, exported_adapters(run.method))
+    return TrainResult(out, lora_path, state.step, losses, dataset.encoded)
+
+
+def train_step(run, loaded, model, transformer, optimizer, dataset, mode: TrainingMode, state: TrainState, accelerator):
+    """One optimizer step in one hybrid-mask mode; returns the loss terms as floats."""
+    method, generator = run.method, state.data_generator
+    batch = _draw_batch(dataset, run.train.caption_dropout, generator, accelerator.device)
+    activate_adapters(transformer, mode.adapters)
+
+    # Flow matching on the cached VAE posterior: z_sigma = (1 - sigma) z0 + sigma noise, target z0 - noise.
+    posterior_sample = batch["latent_mean"] + (0.5 * batch["latent_logvar"]).exp() * _randn_like(batch["latent_mean"], generator)
+    latents = loaded.spec.normalize_latents(loaded.pipe, posterior_sample)
+    noise = _randn_like(latents, generator)
+    sigmas = torch.rand(latents.shape[0], generator=generator).to(latents.device)
+    pred, target = loaded.spec.training_forward(
+        model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], loaded.dtype
+    )
+
+    loss_mask = select_loss_mask(batch["subject_masks"], mode.loss_mask)
+    loss_rec = hybrid_mask_loss(pred, target, loss_mask, method.lambda_mask)
+    loss_rcl = state.contrastive(pred, generator) if state.contrastive else None
+    loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
+
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if state.contrastive:
+        state.contrastive.update_banks(pred)
+    terms = {"loss": loss.item(), "loss_rec": loss_rec.item()}
+    if loss_rcl is not None:
+        terms["loss_rcl"] = loss_rcl.item()
+    return terms
+
+
+def _randn_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Drawn on the CPU so a seed gives the same numbers on every device.
+    return torch.randn(tensor.shape, generator=generator).to(tensor.device, tensor.dtype)
+
+
+def _draw_batch(dataset: PreparedDataset, caption_dropout: float, generator, device) -> dict[str, torch.Tensor]:
+    """One clip (batch of 1, as the method trains), with its caption replaced by the empty one at the dropout rate."""
+    record = dataset.records[int(torch.randint(len(dataset.records), (1,), generator=generator))]
+    batch = {key: value[None].to(device) for key, value in record.items()}
+    if float(torch.rand((), generator=generator)) < caption_dropout:
+        batch["prompt_embeds"] = dataset.empty_prompt["prompt_embeds"][None].to(device)
+        batch["prompt_mask"] = dataset.empty_prompt["prompt_mask"][None].to(device)
+    return batch
+
+
+def _contrastive_loss(run: RunConfig) -> RelationalContrastiveLoss:
+    m = run.method
+    return RelationalContrastiveLoss(
+        num_positives=m.num_positives,
+        num_negatives=m.num_negatives,
+        positive_bank_size=m.positive_bank_size,
+        negative_bank_size=m.negative_bank_size,
+        temperature=m.temperature,
+    )
+
+
+def _adapter_weights(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {path: p.detach().cpu().clone() for path, p in transformer.named_parameters() if "lora_" in path}
+
+
+def _save(out, run, transformer, optimizer, lr_schedule, state: TrainState, accelerator) -> None:
+    staging = ckpt.staging_dir(out, state.step)
+    ckpt.write_part(
+        staging,
+        f"rank{accelerator.process_index}",
+        {
+            "data_generator": state.data_generator.get_state(),
+            "contrastive": state.contrastive.state_dict() if state.contrastive else None,
+        },
+    )
+    if accelerator.is_main_process:
+        ckpt.write_part(
+            staging,
+            "state",
+            {
+                "step": state.step,
+                "adapters": _adapter_weights(transformer),
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "mode_generator": state.mode_generator.get_state(),
+                "config": run.model_dump(mode="json"),
+            },
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.publish(out, state.step, run.train.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _restore(checkpoint: Path, transformer, optimizer, lr_schedule, state: TrainState, rank: int) -> None:
+    shared = ckpt.read_part(checkpoint, "state")
+    own = ckpt.read_part(checkpoint, f"rank{rank}") or ckpt.read_part(checkpoint, "rank0")
+    parameters = dict(transformer.named_parameters())
+    with torch.no_grad():
+        for path, value in shared["adapters"].items():
+            parameters[path].copy_(value)
+    optimizer.load_state_dict(shared["optimizer"])
+    lr_schedule.load_state_dict(shared["lr_schedule"])
+    state.step = shared["step"]
+    state.mode_generator.set_state(shared["mode_generator"])
+    state.data_generator.set_state(own["data_generator"])
+    if state.contrastive and own["contrastive"]:
+        state.contrastive.load_state_dict(own["contrastive"])
+    logger.info("resumed from %s at step %d", checkpoint, state.step)
+
+
+def _render_sample(run: RunConfig, loaded: LoadedModel, dataset: PreparedDataset, path: Path) -> None:
+    """Render a short sample with the adapters kept for inference, then hand the transformer back to training."""
+    from dreamrelation.config import GenerateConfig
+    from dreamrelation.data.video import write_video
+    from dreamrelation.generate import render
+
+    activate_adapters(loaded.pipe.transformer, exported_adapters(run.method))
+    shape = dataset.shape
+    config = GenerateConfig(
+        prompt=run.train.sample_prompt or dataset.captions[0],
+        num_frames=shape.num_frames,
+        height=shape.height,
+        width=shape.width,
+    )
+    write_video(path, render(loaded, config), fps=loaded.spec.defaults.fps)

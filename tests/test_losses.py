@@ -1,0 +1,99 @@
+"""Losses against hand computations (METHOD.md §2-3)."""
+
+import math
+
+import torch
+
+from dreamrelation.method.losses import (
+    RelationalContrastiveLoss,
+    frame_features,
+    hybrid_mask_loss,
+    info_nce,
+    relation_mask,
+    select_loss_mask,
+)
+
+
+def test_relation_mask_is_the_clipped_union():
+    masks = torch.tensor([[[[[1.0, 0.0, 0.5]]], [[[1.0, 0.0, 0.75]]]]])  # (B=1, 2, F=1, H=1, W=3)
+    assert torch.equal(relation_mask(masks), torch.tensor([[[[1.0, 0.0, 1.0]]]]))
+    assert torch.equal(select_loss_mask(masks, "subject2"), masks[:, 1])
+    assert select_loss_mask(masks, None) is None
+
+
+def test_hybrid_mask_loss_matches_a_hand_computation():
+    # B=1, C=2, F=1, H=1, W=2: errors (pred - target) are [[1, 2], [3, 4]] over channels x pixels.
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 2, 1, 1, 2)
+    target = torch.zeros_like(pred)
+    mask = torch.tensor([0.0, 0.5]).view(1, 1, 1, 2)
+    # weights per pixel: 1 + 50 * m^2 = [1, 13.5]; mean over 4 values of w * e^2.
+    expected = (1 * 1 + 13.5 * 4 + 1 * 9 + 13.5 * 16) / 4
+    assert math.isclose(hybrid_mask_loss(pred, target, mask, 50.0).item(), expected, rel_tol=1e-6)
+    # It equals MSE + 50 * masked MSE (the reference's form).
+    mse = (1 + 4 + 9 + 16) / 4
+    masked = (0.25 * 4 + 0.25 * 16) / 4
+    assert math.isclose(expected, mse + 50 * masked)
+    assert math.isclose(hybrid_mask_loss(pred, target, None, 50.0).item(), mse)
+
+
+def test_info_nce_matches_a_hand_computation():
+    anchors = torch.tensor([[1.0, 0.0]])
+    positives = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # cosines 1 and 0
+    negatives = torch.tensor([[-3.0, 0.0]])  # cosine -1
+    tau = 0.5
+    expected = math.log(math.exp(2) + math.exp(0) + math.exp(-2)) - math.log(math.exp(2) + math.exp(0))
+    assert math.isclose(info_nce(anchors, positives, negatives, tau).item(), expected, rel_tol=1e-6)
+
+
+def clip(values):
+    """Per-frame features (F, C) -> a (1, C, F, 1, 1) prediction whose spatial means are those features."""
+    return torch.tensor(values).T[None, :, :, None, None]
+
+
+def test_contrastive_loss_uses_dynamics_as_anchors_and_frames_as_negatives():
+    loss = RelationalContrastiveLoss(num_positives=1, num_negatives=3, temperature=1.0)
+    generator = torch.Generator().manual_seed(0)
+    assert loss(clip([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), generator) is None  # no term with an empty bank
+    loss.update_banks(clip([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]))  # banked dynamics: (1,0), (0,1)
+    pred = clip([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # dynamics (0,1), (-1,0)
+    got = loss(pred, generator).item()
+    features = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    anchors = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    positives = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # the bank entry at the same frame index
+    expected = info_nce(anchors, positives, features, 1.0).item()  # 3 negatives = the 3 own frames, any order
+    assert math.isclose(got, expected, rel_tol=1e-6)
+    # And info_nce itself by hand for anchor 0: cos to positive (1,0) = 0; to frames: 0, 1/sqrt2, 1.
+    a0 = math.log(math.exp(0) + math.exp(0) + math.exp(1 / math.sqrt(2)) + math.exp(1)) - 0.0
+    a1 = math.log(math.exp(0) + math.exp(-1) + math.exp(-1 / math.sqrt(2)) + math.exp(0)) - 0.0
+    assert math.isclose(expected, (a0 + a1) / 2, rel_tol=1e-6)
+
+
+def test_negative_bank_tops_up_when_more_negatives_are_asked_for_than_frames():
+    loss = RelationalContrastiveLoss(num_positives=4, num_negatives=5, temperature=0.07)
+    loss.update_banks(clip([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]))
+    negatives = loss._negatives(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), torch.Generator().manual_seed(0))
+    assert negatives.shape == (5, 2)
+
+
+def test_banks_are_fifo_with_their_sizes_and_detached():
+    loss = RelationalContrastiveLoss(positive_bank_size=2, negative_bank_size=4)
+    for step in range(3):
+        pred = torch.full((1, 2, 3, 1, 1), float(step), requires_grad=True)
+        loss.update_banks(pred * torch.arange(1.0, 4.0).view(1, 1, 3, 1, 1))
+    assert len(loss.positive_bank) == 2 and len(loss.negative_bank) == 4
+    assert torch.equal(loss.positive_bank[0], torch.full((2, 2), 1.0))  # step 1: diffs of 1,2,3 -> 1
+    assert torch.equal(loss.positive_bank[-1], torch.full((2, 2), 2.0))
+    assert torch.equal(loss.negative_bank[-1], torch.full((2,), 6.0))
+    assert not any(t.requires_grad for t in list(loss.positive_bank) + list(loss.negative_bank))
+    restored = RelationalContrastiveLoss(positive_bank_size=2, negative_bank_size=4)
+    restored.load_state_dict(loss.state_dict())
+    assert [t.tolist() for t in restored.positive_bank] == [t.tolist() for t in loss.positive_bank]
+
+
+def test_contrastive_loss_has_gradients_through_the_prediction():
+    loss = RelationalContrastiveLoss(num_positives=2, num_negatives=3)
+    loss.update_banks(torch.randn(1, 4, 3, 2, 2))
+    pred = torch.randn(1, 4, 3, 2, 2, requires_grad=True)
+    loss(pred, torch.Generator().manual_seed(0)).backward()
+    assert pred.grad.abs().sum() > 0
+    assert frame_features(pred).shape == (1, 3, 4)
