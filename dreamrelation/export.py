@@ -46,11 +46,13 @@ def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> t
     return state, metadata
 
 
-def export_lora(pipeline_class, transformer: torch.nn.Module, run: RunConfig, output_dir: Path) -> Path:
+def export_lora(
+    pipeline_class, transformer: torch.nn.Module, run: RunConfig, output_dir: Path, captions: list[str]
+) -> Path:
     """Write OUT/relation_lora.safetensors (diffusers key format + adapter metadata) and OUT/README.md.
 
-    `pipeline_class` is the family's diffusers pipeline class, whose `save_lora_weights` writes the file.
-    Returns the LoRA file's path.
+    `pipeline_class` is the family's diffusers pipeline class, whose `save_lora_weights` writes the file;
+    `captions` are the training captions (the card quotes one as the trigger). Returns the LoRA file's path.
     """
     output_dir = Path(output_dir)
     state, metadata = exported_lora_state(transformer, run.method)
@@ -60,15 +62,13 @@ def export_lora(pipeline_class, transformer: torch.nn.Module, run: RunConfig, ou
         weight_name=LORA_FILENAME,
         transformer_lora_adapter_metadata=metadata,
     )
-    (output_dir / "README.md").write_text(model_card(run, pipeline_class.__name__))
+    (output_dir / "README.md").write_text(model_card(run, pipeline_class.__name__, captions))
     return output_dir / LORA_FILENAME
 
 
-def model_card(run: RunConfig, pipeline_name: str) -> str:
+def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:
     """A Hub-style model card: base model, relation, trigger caption, settings and how to load it."""
-    from dreamrelation.data.dataset import scan_dataset
-
-    captions = sorted({sample.caption for sample in scan_dataset(run.data.data_dir, run.data.masks_dir)})
+    captions = sorted(set(captions))
     method = run.method
     return f"""---
 library_name: diffusers

@@ -65,8 +65,9 @@ def _file_digest(path: Path) -> str:
 
 
 def model_fingerprint(folder: Path) -> str:
-    """A digest of the encoders of a saved pipeline: every config in full, weight files by name and size
-    (hashing tens of GB of T5 weights per run would cost more than the encoding it saves)."""
+    """A digest of the encoders of a saved pipeline: every config in full, weight files by resolved path, size
+    and modification time (hashing tens of GB of T5 weights per run would cost more than the encoding it
+    saves; Hub snapshots resolve to content-addressed blobs, and a rewritten local file changes its mtime)."""
     digest = hashlib.sha256()
     for component in ("model_index.json", "vae", "text_encoder", "tokenizer"):
         root = Path(folder) / component
@@ -78,7 +79,8 @@ def model_fingerprint(folder: Path) -> str:
             if path.suffix in (".json", ".txt", ".model"):
                 digest.update(path.read_bytes())
             else:
-                digest.update(str(path.stat().st_size).encode())
+                stat = path.stat()
+                digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

@@ -101,9 +101,13 @@ def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
         time_embed_dim=4,
         max_sequence_length=tokenizer.model_max_length,
     )
-    # Mochi's RoPE frequencies are zero-initialised (the real ones are learned); random ones make position matter.
     with torch.no_grad():
+        # Mochi's RoPE frequencies are zero-initialised (the real ones are learned); random ones make position matter.
         transformer.pos_frequencies.normal_(0.0, 1.0)
+        # A trained VAE's posterior is narrow; a random one's has std ~1 and would drown every clip in fresh noise.
+        # The encoder's last layer has no bias: negative logvar rows over its post-SiLU (mostly positive)
+        # features give logvar around -10.
+        vae.encoder.proj_out.weight[12:].fill_(-1.0)
     scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
     return MochiPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
@@ -115,7 +119,7 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
-    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v1"
+    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v2"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

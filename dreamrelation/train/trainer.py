@@ -147,7 +147,7 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     # Phase 6: export (main process) and a final record.
     lora_path = out / "relation_lora.safetensors"
     if accelerator.is_main_process:
-        lora_path = export_lora(type(pipe), transformer, run, out)
+        lora_path = export_lora(type(pipe), transformer, run, out, dataset.captions)
         progress.write(event="done", step=state.step, lora=str(lora_path))
     accelerator.wait_for_everyone()
     activate_adapters(transformer, exported_adapters(run.method))

@@ -1,0 +1,55 @@
+"""Test data builders shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dreamrelation.data.dataset import write_subject_masks
+from dreamrelation.data.video import write_video
+
+
+def _square_tracks(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Return bool (2, F, H, W): a left square moving right and a right square moving left, never touching."""
+    side = max(2, min(height, width) // 4)
+    # Each square stops one pixel short of the middle, so they end two pixels apart.
+    starts = (int(rng.integers(0, 3)), width - side - int(rng.integers(0, 3)))
+    ends = (width // 2 - side - 1, width // 2 + 1)
+    rows = rng.integers(0, height - side + 1, size=2)
+    masks = np.zeros((2, num_frames, height, width), bool)
+    for subject in (0, 1):
+        xs = np.linspace(starts[subject], ends[subject], num_frames).round().astype(int)
+        for frame, x in enumerate(xs):
+            masks[subject, frame, rows[subject] : rows[subject] + side, x : x + side] = True
+    return masks
+
+
+def write_two_subject_dataset(
+    root: Path,
+    num_videos: int = 2,
+    num_frames: int = 13,
+    height: int = 32,
+    width: int = 32,
+    caption: str = "A red square is approaching a green square.",
+) -> Path:
+    """Write a ready relation dataset of two coloured squares approaching each other on a near-black background.
+
+    Takes the folder to fill (created if needed), how many videos, and each video's frame count and even
+    size. Writes clipNN.mp4, clipNN.txt and masks/clipNN/frame%05d.png (red subject 1, green subject 2)
+    per video, each video's positions and shades seeded by its index, so the result is deterministic.
+    Returns root.
+    """
+    root = Path(root)
+    for index in range(num_videos):
+        rng = np.random.default_rng(index)
+        name = f"clip{index:02d}"
+        masks = _square_tracks(rng, num_frames, height, width)
+        frames = np.empty((num_frames, height, width, 3), np.uint8)
+        frames[:] = rng.integers(0, 20, size=3)
+        frames[masks[0]] = (int(rng.integers(200, 256)), 20, 20)
+        frames[masks[1]] = (20, int(rng.integers(200, 256)), 20)
+        write_video(root / f"{name}.mp4", frames, fps=24)
+        (root / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        write_subject_masks(root / "masks" / name, masks)
+    return root
