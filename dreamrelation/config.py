@@ -38,7 +38,8 @@ class ModelConfig(_Settings):
 
     name: str = Field(
         "tiny-random",
-        description="Base model: 'tiny-random', 'toy', 'mochi-1', a Hub id, or a folder holding a saved MochiPipeline.",
+        description="Base model: 'toy' (embedded), 'mochi-1' (genmo/mochi-1-preview), 'tiny-random' or "
+        "'tiny-random-small' (random weights, for tests), a Hub id, or a folder holding a saved MochiPipeline.",
     )
     device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dreamrelation.config import DataConfig
-from dreamrelation.data.dataset import RelationSample, load_subject_masks, scan_dataset
+from dreamrelation.data.dataset import RelationSample, load_subject_masks
 from dreamrelation.data.video import load_clip
 
 FORMAT_VERSION = 1
@@ -131,13 +131,14 @@ def _empty_prompt(loaded, cache_dir: Path, fingerprint: str) -> dict[str, torch.
     return record
 
 
-def prepare_dataset(loaded, data: DataConfig, cache_dir: Path, show_progress: bool = True) -> PreparedDataset:
-    """Scan `data.data_dir`, encode what the cache lacks, and return every record.
+def prepare_dataset(
+    loaded, samples: list[RelationSample], data: DataConfig, cache_dir: Path, show_progress: bool = True
+) -> PreparedDataset:
+    """Encode what the cache lacks of `samples` (from `scan_dataset`) and return every record.
 
     `loaded` is a LoadedModel whose VAE and text encoder are used (and may be freed afterwards).
-    Raises DatasetError / VideoError with the problems of the dataset.
+    Raises DatasetError / VideoError naming the clip that cannot be used.
     """
-    samples = scan_dataset(data.data_dir, data.masks_dir)
     shape = clip_shape(data, loaded.spec.defaults)
     latents_dir = Path(cache_dir) / "latents"
     fingerprint = model_fingerprint(loaded.folder)

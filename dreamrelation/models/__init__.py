@@ -15,6 +15,7 @@ from dreamrelation.models.mochi import MochiSpecification
 FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification()}
 
 HUB_ALIASES = {"mochi-1": "genmo/mochi-1-preview"}
+TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small"}  # name -> size in models/tiny_random.py
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
 
@@ -79,10 +80,10 @@ def _hub_snapshot(repo_id: str, name: str) -> Path:
 def resolve_source(config: ModelConfig) -> Path:
     """The folder holding the pipeline named by `config.name` (building tiny-random on first use)."""
     name = config.name
-    if name == "tiny-random":
+    if name in TINY_RANDOM:
         from dreamrelation.models.tiny_random import materialize_tiny_pipeline
 
-        return materialize_tiny_pipeline(config.cache_dir, seed=config.seed)
+        return materialize_tiny_pipeline(config.cache_dir, seed=config.seed, size=TINY_RANDOM[name])
     if name == "toy":
         if not (TOY_MODEL_DIR / "model_index.json").exists():
             raise ModelLoadError(f"the embedded toy model is missing from {TOY_MODEL_DIR}; use --model tiny-random")
@@ -93,7 +94,8 @@ def resolve_source(config: ModelConfig) -> Path:
     if name in HUB_ALIASES or name.count("/") == 1:
         return _hub_snapshot(HUB_ALIASES.get(name, name), name)
     raise ModelLoadError(
-        f"unknown model {name!r}: use 'tiny-random', 'toy', 'mochi-1', a Hub id (org/name) or a pipeline folder"
+        f"unknown model {name!r}: use 'toy', 'mochi-1', {', '.join(map(repr, TINY_RANDOM))}, a Hub id (org/name) "
+        "or a folder holding a saved pipeline"
     )
 
 

@@ -74,8 +74,9 @@ class ModelSpecification(ABC):
         """uint8 frames (F, H, W, 3) -> VAE posterior (mean, logvar), each (C, F', H', W') fp32, unnormalised."""
 
     @abstractmethod
-    def normalize_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        """VAE latents (B, C, F', H', W') -> the transformer's latent space (inverse of the pipeline's decode scaling)."""
+    def normalize_latents(self, config, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents (B, C, F', H', W') -> the transformer's latent space, given the VAE config (latent mean,
+        std and scaling factor): the inverse of the pipeline's decode scaling."""
 
     @abstractmethod
     def masks_to_latent_grid(self, masks: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ class MochiSpecification(ModelSpecification):
     def load_pipeline(self, source: str, dtype: torch.dtype, device: torch.device):
         from diffusers import MochiPipeline
 
-        pipe = MochiPipeline.from_pretrained(source, torch_dtype=dtype)
+        pipe = MochiPipeline.from_pretrained(source, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
@@ -65,20 +65,15 @@ class MochiSpecification(ModelSpecification):
             posterior = vae.encode(video).latent_dist
         return posterior.mean[0].float().cpu(), posterior.logvar[0].float().cpu()
 
-    def _latent_stats(self, pipe, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        config = pipe.vae.config
+    def normalize_latents(self, config, latents: torch.Tensor) -> torch.Tensor:
+        # The pipeline decodes `x * std / scaling + mean`; training works in the space it denoises.
         channels = latents.shape[1]
         if config.latents_mean is not None and config.latents_std is not None:
             mean = torch.tensor(config.latents_mean).view(1, channels, 1, 1, 1)
             std = torch.tensor(config.latents_std).view(1, channels, 1, 1, 1)
         else:
             mean, std = torch.zeros(()), torch.ones(())
-        return mean.to(latents), std.to(latents), config.scaling_factor
-
-    def normalize_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        # The pipeline decodes `x * std / scaling + mean`; training works in the space it denoises.
-        mean, std, scaling = self._latent_stats(pipe, latents)
-        return (latents - mean) * scaling / std
+        return (latents - mean.to(latents)) * config.scaling_factor / std.to(latents)
 
     def masks_to_latent_grid(self, masks: torch.Tensor) -> torch.Tensor:
         """(S, F, H, W) -> (S, F', H/8, W/8): a cell is 1 where any subject pixel falls (max-pool in space);

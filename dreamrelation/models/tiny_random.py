@@ -35,9 +35,10 @@ pointing points sitting sits standing stands next past through across
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 SIZES = {
-    # 0.06M-parameter transformer: unit tests.
+    # 0.06M-parameter transformer: fast unit tests of code paths.
     "tiny": dict(layers=2, heads=2, head_dim=8, text_dim=32, pooled_dim=16, vae_channels=32, t5_layers=2),
-    # A few million parameters: CPU benchmarks where per-step overheads should not dominate.
+    # A few million parameters: enough capacity to overfit a clip through LoRAs alone (tests of learning)
+    # and CPU benchmarks where per-step overheads should not dominate.
     "small": dict(layers=4, heads=4, head_dim=32, text_dim=64, pooled_dim=64, vae_channels=32, t5_layers=2),
 }
 
@@ -119,7 +120,7 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
-    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v2"
+    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v4"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
-from dreamrelation.config import RunConfig
+from dreamrelation.config import MethodConfig, RunConfig
 from dreamrelation.data.cache import PreparedDataset, prepare_dataset
+from dreamrelation.data.dataset import scan_dataset
 from dreamrelation.export import export_lora
 from dreamrelation.method.adapters import (
     TrainingMode,
@@ -29,7 +30,8 @@ from dreamrelation.method.adapters import (
     training_modes,
 )
 from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
-from dreamrelation.models import LoadedModel, load_model
+from dreamrelation.models import LoadedModel, load_model, resolve_device
+from dreamrelation.models.base import ModelSpecification
 from dreamrelation.train import checkpoint as ckpt
 from dreamrelation.train.progress import ProgressLog
 
@@ -68,9 +70,12 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     out = Path(run.train.output_dir)
     accelerator = Accelerator(
         mixed_precision="no",  # the base is loaded in its compute dtype; adapters stay fp32 (peft casts inputs)
-        cpu=run.model.device == "cpu",
+        cpu=resolve_device(run.model.device).type == "cpu",  # also makes `accelerate launch` use gloo on CPU
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    # Phase 0: the dataset folder is checked before anything heavy loads.
+    samples = scan_dataset(run.data.data_dir, run.data.masks_dir)
+
     # Phase 1: model.
     if loaded is None:
         model_config = run.model.model_copy(update={"device": str(accelerator.device)})
@@ -79,7 +84,9 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
 
     # Phase 2: data, encoded once (the main process fills the cache, the others read it).
     with accelerator.main_process_first():
-        dataset = prepare_dataset(loaded, run.data, run.model.cache_dir, show_progress and accelerator.is_main_process)
+        dataset = prepare_dataset(
+            loaded, samples, run.data, run.model.cache_dir, show_progress and accelerator.is_main_process
+        )
     keep_decoders = run.train.sample_every > 0
     if not keep_decoders:  # Mochi's T5-XXL and VAE would sit in GPU memory for nothing
         pipe.text_encoder.to("cpu")
@@ -88,6 +95,7 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     # Phase 3: adapters and optimizer.
     transformer = pipe.transformer
     transformer.requires_grad_(False)
+    set_seed(run.train.seed)  # the adapters' Kaiming init draws from the global generator
     add_adapters(transformer, spec, run.method)
     if run.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -113,6 +121,18 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
         progress.write(event="start", step=state.step, steps=run.train.steps, clips=len(dataset.records))
 
     # Phase 5: the loop.
+    ctx = StepContext(
+        spec=spec,
+        model=model,
+        transformer=transformer,
+        optimizer=optimizer,
+        dataset=dataset,
+        vae_config=pipe.vae.config,
+        dtype=loaded.dtype,
+        method=run.method,
+        caption_dropout=run.train.caption_dropout,
+        accelerator=accelerator,
+    )
     modes = training_modes(run.method)
     losses: list[float] = []
     seconds_per_step = None
@@ -120,7 +140,7 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     while state.step < run.train.steps:
         started = time.perf_counter()
         mode = modes[int(torch.randint(len(modes), (1,), generator=state.mode_generator))]
-        terms = train_step(run, loaded, model, transformer, optimizer, dataset, mode, state, accelerator)
+        terms = train_step(ctx, mode, state)
         lr_schedule.step()
         state.step += 1
         elapsed = time.perf_counter() - started
@@ -154,19 +174,35 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     return TrainResult(out, lora_path, state.step, losses, dataset.encoded)
 
 
-def train_step(run, loaded, model, transformer, optimizer, dataset, mode: TrainingMode, state: TrainState, accelerator):
+@dataclass
+class StepContext:
+    """What every step uses and no step changes (besides the weights the optimizer updates)."""
+
+    spec: ModelSpecification
+    model: torch.nn.Module  # what the forward pass calls (DDP-wrapped under `accelerate launch`)
+    transformer: torch.nn.Module  # the unwrapped peft model, whose active adapters each mode switches
+    optimizer: torch.optim.Optimizer
+    dataset: PreparedDataset
+    vae_config: object  # latent statistics of the VAE the clips were encoded with
+    dtype: torch.dtype
+    method: MethodConfig
+    caption_dropout: float
+    accelerator: Accelerator
+
+
+def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[str, float]:
     """One optimizer step in one hybrid-mask mode; returns the loss terms as floats."""
-    method, generator = run.method, state.data_generator
-    batch = _draw_batch(dataset, run.train.caption_dropout, generator, accelerator.device)
-    activate_adapters(transformer, mode.adapters)
+    method, generator = ctx.method, state.data_generator
+    batch = _draw_batch(ctx.dataset, ctx.caption_dropout, generator, ctx.accelerator.device)
+    activate_adapters(ctx.transformer, mode.adapters)
 
     # Flow matching on the cached VAE posterior: z_sigma = (1 - sigma) z0 + sigma noise, target z0 - noise.
-    posterior_sample = batch["latent_mean"] + (0.5 * batch["latent_logvar"]).exp() * _randn_like(batch["latent_mean"], generator)
-    latents = loaded.spec.normalize_latents(loaded.pipe, posterior_sample)
+    mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+    latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * _randn_like(mean, generator))
     noise = _randn_like(latents, generator)
     sigmas = torch.rand(latents.shape[0], generator=generator).to(latents.device)
-    pred, target = loaded.spec.training_forward(
-        model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], loaded.dtype
+    pred, target = ctx.spec.training_forward(
+        ctx.model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
     )
 
     loss_mask = select_loss_mask(batch["subject_masks"], mode.loss_mask)
@@ -174,9 +210,9 @@ def train_step(run, loaded, model, transformer, optimizer, dataset, mode: Traini
     loss_rcl = state.contrastive(pred, generator) if state.contrastive else None
     loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
 
-    accelerator.backward(loss)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    ctx.accelerator.backward(loss)
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
     if state.contrastive:
         state.contrastive.update_banks(pred)
     terms = {"loss": loss.item(), "loss_rec": loss_rec.item()}

@@ -1,0 +1,110 @@
+"""The `dreamrelation` command line end to end, its errors, and multi-process training with accelerate."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamrelation.data.video import probe_video
+
+from helpers import write_two_subject_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, cache_dir, *, module="dreamrelation.cli", launcher=(), timeout=600):
+    env = {**os.environ, "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    command = [*launcher, "-m", module, *args] if launcher else [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_two_subject_dataset(tmp_path_factory.mktemp("cli-data"), num_videos=2, num_frames=13)
+
+
+def test_train_then_generate_writes_the_requested_video(data_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    trained = run_cli(
+        ["train", "--data", str(data_dir), "--output", str(out), "--steps", "3", "--frames", "13",
+         "--height", "32", "--width", "32", "--device", "cpu"],
+        cache_dir,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (out / "relation_lora.safetensors").exists()
+    video = tmp_path / "bear and raccoon.mp4"
+    generated = run_cli(
+        ["generate", "--lora", str(out), "--prompt", "A bear is approaching a raccoon.", "--output", str(video),
+         "--frames", "13", "--height", "48", "--width", "64", "--steps", "2", "--device", "cpu"],
+        cache_dir,
+    )
+    assert generated.returncode == 0, generated.stderr
+    info = probe_video(video)
+    assert (info.num_frames, info.height, info.width) == (13, 48, 64)
+
+
+def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{name: tiny-random, device: cpu}}\ndata: {{data_dir: '{data_dir}', num_frames: 13, height: 32, width: 32}}\n"
+        f"train: {{output_dir: '{tmp_path / 'out'}', steps: 50}}\nmethod: {{rank: 4}}\n"
+    )
+    result = run_cli(["train", "--config", str(config), "--steps", "2"], cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "trained 2 steps" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "{missing}"], "dataset folder not found"),
+        (["train", "--data", "{nocaption}"], "caption"),
+        (["train", "--data", "{data}", "--frames", "12"], "6k+1"),
+        (["train", "--data", "{data}", "--steps", "0"], "steps"),
+        (["train", "--data", "{data}", "--model", "no-such-model"], "unknown model"),
+        (["generate", "--prompt", " ", "--output", "{out}/x.mp4"], "prompt is empty"),
+        (["generate", "--prompt", "A dog.", "--lora", "{missing}", "--output", "{out}/x.mp4"], "no relation LoRA"),
+    ],
+    ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora"],
+)
+def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_path, args, message):
+    nocaption = write_two_subject_dataset(tmp_path / "nocaption", num_videos=1, num_frames=13)
+    next(nocaption.glob("*.txt")).unlink()
+    values = {"missing": tmp_path / "missing", "nocaption": nocaption, "data": data_dir, "out": tmp_path}
+    result = run_cli([a.format(**values) for a in args], cache_dir)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_help_documents_every_option():
+    result = subprocess.run([sys.executable, "-m", "dreamrelation.cli", "train", "--help"], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0
+    for flag in ("--no-mask-loss", "--no-contrastive", "--no-subject-adapters", "--method", "--resume", "--masks"):
+        assert flag in result.stdout
+
+
+def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cache_dir, tmp_path):
+    # `--multi_gpu` selects torchrun; on a machine without GPUs the processes talk over gloo on the CPU
+    # (accelerate's `--cpu` alone would start a single process).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env_script = str(REPO / "tests" / "distributed_train.py")
+    result = subprocess.run(
+        [*launcher, env_script, str(data_dir), str(tmp_path), str(cache_dir)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = load_file(tmp_path / "adapters-rank0.safetensors")
+    rank1 = load_file(tmp_path / "adapters-rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and len(rank0) > 0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert any(rank0[k].abs().sum() > 0 for k in rank0 if "lora_B" in k)
+    assert (tmp_path / "relation_lora.safetensors").exists()

@@ -1,0 +1,141 @@
+"""The training loop: learning, exact resume, the latent cache, progress records, samples."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from dreamrelation.config import DataConfig, MethodConfig, RunConfig, TrainConfig
+from dreamrelation.data.cache import prepare_dataset
+from dreamrelation.data.dataset import scan_dataset
+from dreamrelation.method.adapters import add_adapters, training_modes
+from dreamrelation.models import load_model
+from dreamrelation.train import checkpoint as ckpt
+from dreamrelation.train.progress import read_progress
+from dreamrelation.train.trainer import StepContext, TrainState, train, train_step
+
+from helpers import write_two_subject_dataset
+
+CLIP = dict(num_frames=13, height=32, width=32)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_two_subject_dataset(tmp_path_factory.mktemp("data"), num_videos=2, **CLIP)
+
+
+def run_config(model_config, data_dir, out, **train):
+    return RunConfig(
+        model=model_config,
+        data=DataConfig(data_dir=data_dir, **CLIP),
+        train=TrainConfig(output_dir=out, **train),
+    )
+
+
+def test_one_clip_is_overfit_by_the_real_training_step(model_config, tmp_path):
+    """The classic sanity check: the same clip, noise and sigma every step; the loss must fall by half.
+
+    The 'small' random model: the 0.06M one is too narrow to fit a clip through LoRAs at all."""
+    model_config = model_config.model_copy(update={"name": "tiny-random-small"})
+    tiny = load_model(model_config)
+    data_dir = write_two_subject_dataset(tmp_path / "one", num_videos=1, **CLIP)
+    run = run_config(model_config, data_dir, tmp_path / "out")
+    dataset = prepare_dataset(tiny, scan_dataset(data_dir), run.data, model_config.cache_dir, show_progress=False)
+    transformer = tiny.pipe.transformer
+    transformer.requires_grad_(False)
+    add_adapters(transformer, tiny.spec, run.method)
+    optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=3e-3)
+    ctx = StepContext(
+        spec=tiny.spec, model=transformer, transformer=transformer, optimizer=optimizer, dataset=dataset,
+        vae_config=tiny.pipe.vae.config, dtype=torch.float32, method=run.method, caption_dropout=0.0,
+        accelerator=Accelerator(cpu=True),
+    )
+    relation = training_modes(run.method)[0]
+    losses = []
+    for _ in range(40):
+        state = TrainState(0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(0), None)
+        losses.append(train_step(ctx, relation, state)["loss_rec"])
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def final_adapters(out):
+    return torch.load(ckpt.latest_checkpoint(out) / "state.pt", weights_only=False)["adapters"]
+
+
+def test_training_2n_steps_equals_n_steps_then_resume_then_n_steps(model_config, dataset_dir, tmp_path):
+    straight = run_config(model_config, dataset_dir, tmp_path / "straight", steps=8, checkpoint_every=4)
+    train(straight, show_progress=False)
+
+    interrupted = run_config(model_config, dataset_dir, tmp_path / "resumed", steps=8, checkpoint_every=4)
+    train(interrupted, show_progress=False)
+    # Make it as if the run had died after step 4: only the step-4 checkpoint remains.
+    for checkpoint in ckpt.list_checkpoints(tmp_path / "resumed")[1:]:
+        __import__("shutil").rmtree(checkpoint)
+    assert ckpt.latest_checkpoint(tmp_path / "resumed").name == "step-0000004"
+    resumed = interrupted.model_copy(update={"train": interrupted.train.model_copy(update={"resume": True})})
+    result = train(resumed, show_progress=False)
+    assert result.steps == 8 and len(result.losses) == 4
+
+    a, b = final_adapters(tmp_path / "straight"), final_adapters(tmp_path / "resumed")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # training did move the adapters
+    exported_a = load_file(tmp_path / "straight" / "relation_lora.safetensors")
+    exported_b = load_file(tmp_path / "resumed" / "relation_lora.safetensors")
+    assert all(torch.equal(exported_a[k], exported_b[k]) for k in exported_a)
+
+
+def test_checkpoints_are_pruned_and_hold_everything_to_continue(model_config, dataset_dir, tmp_path):
+    run = run_config(model_config, dataset_dir, tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2)
+    train(run, show_progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000006"]
+    assert not list(ckpt.checkpoint_root(tmp_path).glob(".*"))  # no staging folder left behind
+    state = ckpt.read_part(ckpt.latest_checkpoint(tmp_path), "state")
+    assert {"step", "adapters", "optimizer", "lr_schedule", "mode_generator", "config"} <= state.keys()
+    own = ckpt.read_part(ckpt.latest_checkpoint(tmp_path), "rank0")
+    assert own["data_generator"] is not None and len(own["contrastive"]["positive_bank"]) > 0
+
+
+def test_a_second_run_encodes_nothing_and_changed_settings_encode_again(model_config, dataset_dir, tmp_path):
+    first = train(run_config(model_config, dataset_dir, tmp_path / "a", steps=1), show_progress=False)
+    second = train(run_config(model_config, dataset_dir, tmp_path / "b", steps=1), show_progress=False)
+    assert second.encoded_clips == 0
+    other = run_config(model_config, dataset_dir, tmp_path / "c", steps=1)
+    other = other.model_copy(update={"data": DataConfig(data_dir=dataset_dir, num_frames=7, height=32, width=32)})
+    assert train(other, show_progress=False).encoded_clips == 2
+    assert first.encoded_clips in (0, 2)  # 0 when an earlier test filled the session cache
+
+
+def test_progress_records_every_step_and_the_end(model_config, dataset_dir, tmp_path):
+    run = run_config(model_config, dataset_dir, tmp_path, steps=5, checkpoint_every=100)
+    train(run, show_progress=False)
+    records = read_progress(tmp_path / "progress.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert {"loss", "loss_rec", "lr", "sec_per_step", "eta_s", "mode", "steps"} <= steps[0].keys()
+    assert any("loss_rcl" in r for r in steps[1:])  # the bank fills after the first step
+    assert records[0]["event"] == "start" and records[-1]["event"] == "done"
+    assert (tmp_path / "relation_lora.safetensors").exists() and (tmp_path / "config.yaml").exists()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000005"  # the last step is always saved
+
+
+def test_samples_are_rendered_every_n_steps(model_config, dataset_dir, tmp_path):
+    run = run_config(model_config, dataset_dir, tmp_path, steps=2, sample_every=2)
+    train(run, show_progress=False)
+    assert (tmp_path / "samples" / "step-0000002.mp4").exists()
+
+
+def test_ablation_switches_train_the_right_adapters(model_config, dataset_dir, tmp_path):
+    method = MethodConfig(mode="direct-lora")
+    run = run_config(model_config, dataset_dir, tmp_path, steps=2).model_copy(update={"method": method})
+    train(run, show_progress=False)
+    keys = load_file(tmp_path / "relation_lora.safetensors").keys()
+    assert any(".to_v." in k for k in keys)  # direct LoRA covers q, k, v and out
+    no_subjects = MethodConfig(subject_adapters=False, contrastive=False, mask_loss=False)
+    run = run_config(model_config, dataset_dir, tmp_path / "b", steps=2).model_copy(update={"method": no_subjects})
+    train(run, show_progress=False)
+    modes = {r["mode"] for r in read_progress(tmp_path / "b" / "progress.jsonl") if "mode" in r}
+    assert modes == {"relation"}
