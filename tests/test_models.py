@@ -92,3 +92,30 @@ def test_unknown_model_names_list_the_choices(cache_dir):
 def test_a_local_pipeline_folder_loads(tiny, cache_dir):
     loaded = load_model(ModelConfig(name=str(tiny.folder), device="cpu", cache_dir=cache_dir))
     assert loaded.folder == tiny.folder
+
+
+def test_mask_files_with_unpadded_names_reach_the_latent_grid_as_computed_by_hand(tmp_path):
+    """13 mask frames named frame0.png .. frame12.png (so frame10 sorts after frame9 only numerically).
+
+    Subject 1 (red, left) sits in the top-left 8x8 cell in every frame. Subject 2 (green, right) appears in the
+    bottom-right cell only in frames 9, 10, 11 and 12 (latent frame 2 = frames 7..12 -> 4/6)."""
+    from PIL import Image
+
+    from dreamrelation.data.dataset import load_subject_masks
+
+    for n in range(13):
+        frame = np.zeros((16, 16, 3), np.uint8)
+        frame[0:3, 0:3] = (255, 0, 0)
+        if n >= 9:
+            frame[12:15, 12:15] = (0, 255, 0)
+        elif n == 0:
+            frame[12:13, 15:16] = (0, 255, 0)  # one pixel in frame 0: latent frame 0 cell is 1 (any pixel)
+        Image.fromarray(frame).save(tmp_path / f"frame{n}.png")
+    pixels = torch.from_numpy(load_subject_masks(tmp_path, list(range(13)), 16, 16))
+    grid = MochiSpecification().masks_to_latent_grid(pixels)
+    expected = torch.zeros(2, 3, 2, 2)
+    expected[0, :, 0, 0] = 1.0
+    expected[1, 0, 1, 1] = 1.0
+    expected[1, 1, 1, 1] = 0.0
+    expected[1, 2, 1, 1] = 4 / 6
+    assert torch.allclose(grid, expected)
