@@ -67,6 +67,31 @@ class DataConfig(_Settings):
         return self
 
 
+class MasksConfig(_Settings):
+    """Automatic subject masks: detector boxes on a seed frame, then video propagation."""
+
+    engine: Literal["auto", "sam2", "basic"] = Field(
+        "auto",
+        description="'sam2': grounding detector + SAM2 video propagation; 'basic': offline segmenter for plain "
+        "backgrounds; 'auto': sam2 when its weights load, else basic (and the result says so).",
+    )
+    detector: str = Field(
+        "IDEA-Research/grounding-dino-tiny",
+        description="Text-grounded box detector: a GroundingDINO or OWLv2 Hub id (e.g. "
+        "google/owlv2-base-patch16-ensemble) or a local folder.",
+    )
+    sam2_model: str = Field(
+        "facebook/sam2.1-hiera-tiny",
+        description="SAM2 video model: facebook/sam2.1-hiera-{tiny,small,base-plus,large} or a local folder.",
+    )
+    sam2_input_size: int = Field(1024, ge=64, description="Side of SAM2's square input in pixels (1024 native).")
+    frame_stride: int = Field(1, ge=1, description="Propagate on every N-th frame and interpolate masks between.")
+    seed_frame: int = Field(0, ge=0, description="Frame whose detector boxes start the propagation.")
+    box_threshold: float = Field(0.25, ge=0, le=1, description="Detector score needed for a box.")
+    text_threshold: float = Field(0.25, ge=0, le=1, description="GroundingDINO text-match threshold.")
+    device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
+
+
 class MethodConfig(_Settings):
     """The DreamRelation method: adapters, hybrid-mask loss and relational contrastive loss."""
 
