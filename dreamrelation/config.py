@@ -67,6 +67,27 @@ class DataConfig(_Settings):
         return self
 
 
+class IngestConfig(_Settings):
+    """How raw uploads become the normalised clips of a relation dataset."""
+
+    num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
+    height: int | None = Field(None, ge=16, description="Clip height (multiple of 16); None: the model's default.")
+    width: int | None = Field(None, ge=16, description="Clip width (multiple of 16); None: the model's default.")
+    fps: float | None = Field(None, gt=0, description="Frame rate clips are resampled to; None: the model's.")
+    frame_sampling: Literal["first", "uniform"] = Field(
+        "first", description="'first': the first seconds at the target rate; 'uniform': spread over the whole video."
+    )
+    max_file_mb: float = Field(500.0, gt=0, description="Largest upload accepted, in MB.")
+    max_duration_s: float = Field(300.0, gt=0, description="Longest video accepted, in seconds.")
+    max_pixels: int = Field(3840 * 2160, gt=0, description="Largest frame accepted (width x height).")
+    max_caption_tokens: int = Field(256, ge=1, description="Longest caption accepted, in text-encoder tokens.")
+
+    @model_validator(mode="after")
+    def _check_sizes(self):
+        _check_clip_shape(self)
+        return self
+
+
 class MasksConfig(_Settings):
     """Automatic subject masks: detector boxes on a seed frame, then video propagation."""
 
