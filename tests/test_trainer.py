@@ -139,3 +139,15 @@ def test_ablation_switches_train_the_right_adapters(model_config, dataset_dir, t
     train(run, show_progress=False)
     modes = {r["mode"] for r in read_progress(tmp_path / "b" / "progress.jsonl") if "mode" in r}
     assert modes == {"relation"}
+
+
+def test_bf16_base_trains_with_fp32_adapters(model_config, dataset_dir, tmp_path):
+    """The GPU set-up (bf16 base, fp32 adapters), run on the CPU."""
+    bf16 = model_config.model_copy(update={"dtype": "bfloat16"})
+    loaded = load_model(bf16)
+    run = run_config(bf16, dataset_dir, tmp_path, steps=3)
+    result = train(run, loaded=loaded, show_progress=False)
+    transformer = loaded.pipe.transformer
+    assert all(p.dtype == torch.float32 for n, p in transformer.named_parameters() if "lora_" in n)
+    assert transformer.transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)
