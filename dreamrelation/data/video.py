@@ -1,8 +1,10 @@
 """Video IO, in one place: probing, frame selection, decoding, cropping and writing, all through PyAV.
 
-Frames are numpy uint8 arrays (F, H, W, 3) in RGB order, upright as a player shows them (the
-container's rotation is applied). A frame's index is its position in the order the decoder outputs frames
-(presentation order), starting at 0: the numbering the relation dataset's masks/NAME/frame<N>.png use.
+Any container and codec FFmpeg reads works (.mp4, .mov, .webm, .mkv, .avi, animated .gif, ...). Frames are
+numpy uint8 arrays (F, H, W, 3) in RGB order, upright as a player shows them (the container's rotation is
+applied). A frame's index is its position in the order the decoder outputs frames (presentation order),
+starting at 0: the numbering the relation dataset's masks/NAME/frame<N>.png use. Timestamps are seconds
+from the first frame.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -27,13 +30,21 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What probe_video learned about a video; width and height are as displayed (rotation applied)."""
+    """What probe_video learned about a video; width and height are as displayed (rotation applied).
+
+    duration is in seconds (0.0 when unknown), rotation the counter-clockwise degrees applied to make frames
+    upright, and timestamps each frame's presentation time in seconds from the first frame, in frame-index
+    order (None only when the file's packets carry none and probe_video was not asked to decode for them).
+    """
 
     path: Path
     num_frames: int
     fps: float
     width: int
     height: int
+    duration: float = 0.0
+    rotation: int = 0
+    timestamps: tuple[float, ...] | None = None
 
 
 @contextmanager
@@ -46,7 +57,10 @@ def _open_video_stream(path: Path) -> Iterator[av.video.stream.VideoStream]:
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
-        raise VideoError(f"{path}: not a readable video ({error.strerror}); {_CONVERT_HINT}") from None
+        raise VideoError(
+            f"{path}: not a readable video ({error.strerror}); upload it again if the copy was cut short, "
+            f"else {_CONVERT_HINT}"
+        ) from None
     with container:
         if not container.streams.video:
             raise VideoError(f"{path}: has no video stream (audio only?); use a file that contains video")
@@ -73,27 +87,103 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k=_quarter_turns(frame)))
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Read a video's frame count, frame rate and displayed size.
+def _scan_packets(
+    stream: av.video.stream.VideoStream,
+) -> tuple[av.VideoFrame | None, list[tuple[int | None, int]], int]:
+    """Read every packet of the stream, decoding only until its first frame comes out.
 
-    Takes a path to any container FFmpeg reads (.mp4, .mov, .webm, ...). Returns a VideoInfo; fps is 0.0
-    when the container gives no rate. Raises VideoError for a missing, empty or unreadable file, a file
-    without a video stream, or one with no decodable frame.
+    Reading packets is far cheaper than decoding them, and each frame packet carries its frame's
+    presentation stamp. Returns (the first decoded frame or None; [(pts or None, duration) in stream
+    time_base ticks] for each packet that yields a frame; the number of packets stored in the file).
+    """
+    first, packets, stored = None, [], 0
+    for packet in stream.container.demux(stream):
+        # PyAV ends with an empty, unstamped packet that only flushes the decoder: it is not in the file.
+        stored += bool(packet.size or packet.dts is not None)
+        # Discarded packets (cut by an mp4 edit list) only prime the decoder, which outputs no frame for them.
+        if packet.size and not packet.is_discard:
+            packets.append((packet.pts, packet.duration or 0))
+        if first is None:
+            # The flush packet also releases a frame held back by B-frame reordering.
+            first = next(iter(packet.decode()), None)
+    return first, packets, stored
+
+
+def _timestamps_from_packets(
+    packets: list[tuple[int | None, int]], time_base: Fraction
+) -> tuple[tuple[float, ...], float] | None:
+    """Turn frame packets' (pts, duration) into (frame timestamps in seconds from the first, last frame's length).
+
+    Packets come in decode order; sorting their stamps gives presentation order, the decoder's output order.
+    Returns None when a packet has no stamp (e.g. AVI with B-frames), so the caller decodes instead.
+    """
+    if not packets or any(pts is None for pts, _ in packets):
+        return None
+    packets = sorted(packets)
+    start = packets[0][0]
+    times = tuple(float((pts - start) * time_base) for pts, _ in packets)
+    return times, float(packets[-1][1] * time_base)
+
+
+def _timestamps_by_decoding(path: Path, fps: float) -> tuple[float, ...]:
+    """Decode every frame for its timestamp; frames without one get the container rate's spacing."""
+    with _open_video_stream(path) as stream:
+        raw = [frame.time for frame in _decoded_frames(stream)]
+    if any(time is None for time in raw):
+        return tuple(index / (fps or 30.0) for index in range(len(raw)))
+    return tuple(time - raw[0] for time in raw)
+
+
+def _clip_duration(times: tuple[float, ...], last_length: float, fps: float) -> float:
+    """Seconds from the first frame's start to the last frame's end.
+
+    The last frame lasts as its packet says; else as long as the typical (median) gap between frames;
+    else 1/fps.
+    """
+    if last_length <= 0 and len(times) > 1:
+        last_length = float(np.median(np.diff(times)))
+    elif last_length <= 0 and fps:
+        last_length = 1 / fps
+    return times[-1] + last_length
+
+
+def probe_video(path: str | Path, timestamps: bool = False) -> VideoInfo:
+    """Read a video's frame count, frame rate, displayed size, rotation, duration and frame timestamps.
+
+    Takes a path to any container FFmpeg reads (.mp4, .mov, .webm, .mkv, .avi, .gif, ...) and whether
+    timestamps must be returned even when the packets carry none (rare, e.g. AVI with B-frames), which
+    costs a full decode. Otherwise reads the packets and decodes only the first frame. Returns a VideoInfo:
+    num_frames counts the frames the decoder will output; fps is the container's average rate (0.0 when it
+    gives none); duration and timestamps come from the packets' stamps (timestamps None when they have
+    none and a decode was not asked for; duration is then the header's). Raises VideoError for a missing,
+    empty, unreadable or cut-short file, a file without a video stream, or one with no decodable frame.
     """
     path = Path(path)
     with _open_video_stream(path) as stream:
-        frames = _decoded_frames(stream)
-        # Decoding the first frame proves the stream is readable and gives its size and rotation.
-        first = next(frames, None)
+        first, packets, stored = _scan_packets(stream)
+        # mp4/mov headers list every frame; fewer in the file means an interrupted copy or download.
+        if stream.frames > stored:
+            raise VideoError(
+                f"{path}: is cut short (its header lists {stream.frames} frames, the file holds {stored}); "
+                "copy or export the video again"
+            )
         if first is None:
             raise VideoError(f"{path}: has 0 frames; export the video again")
-        # mp4/mov headers store the frame count; webm/mkv do not, so count those by decoding.
-        num_frames = stream.frames if stream.frames > 0 else 1 + sum(1 for _ in frames)
-        rate = stream.average_rate or stream.guessed_rate
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        from_packets = _timestamps_from_packets(packets, stream.time_base)
+        header_duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        if not header_duration and stream.container.duration:
+            header_duration = stream.container.duration / av.time_base
     width, height = first.width, first.height
     if _quarter_turns(first) % 2:
         width, height = height, width
-    return VideoInfo(path, num_frames, float(rate or 0), width, height)
+    rotation = _quarter_turns(first) % 4 * 90
+    if from_packets is None and timestamps:
+        from_packets = _timestamps_by_decoding(path, fps), 0.0
+    if from_packets is None:
+        return VideoInfo(path, len(packets), fps, width, height, header_duration, rotation)
+    times, last_length = from_packets
+    return VideoInfo(path, len(times), fps, width, height, _clip_duration(times, last_length, fps), rotation, times)
 
 
 def select_frame_indices(total_frames: int, num_frames: int, sampling: str = "first") -> list[int]:
@@ -118,12 +208,45 @@ def select_frame_indices(total_frames: int, num_frames: int, sampling: str = "fi
     return [(2 * i * span + steps) // (2 * steps) for i in range(num_frames)]
 
 
-def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
+def frame_indices_at_fps(
+    timestamps: list[float] | tuple[float, ...], fps: float, num_frames: int, sampling: str = "first"
+) -> list[int]:
+    """Choose the source frames that make a clip at a target frame rate, by timestamp.
+
+    Works for any source rate, variable ones included. Takes the source frames' timestamps in seconds
+    (non-decreasing, in frame-index order), the target rate, the clip's frame count and a mode: "first"
+    (the times 0, 1/fps, ... (num_frames-1)/fps from the first frame: the first num_frames/fps seconds at
+    real speed) or "uniform" (num_frames times spread evenly from the first frame's time to the last's).
+    Each target time takes the nearest frame, the earlier on a tie; times past the last frame take the last
+    frame (the caller checks the video is long enough). Returns the non-decreasing list of source frame
+    indices. Raises ValueError for an unknown mode, num_frames < 1, fps <= 0 or bad timestamps.
+    """
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"unknown frame sampling {sampling!r}; use one of {', '.join(SAMPLING_MODES)}")
+    if num_frames < 1 or fps <= 0:
+        raise ValueError(f"num_frames must be at least 1 and fps above 0, got {num_frames} and {fps}")
+    times = np.asarray(timestamps, np.float64)
+    if times.ndim != 1 or not len(times) or (np.diff(times) < 0).any():
+        raise ValueError("timestamps must be a non-empty, non-decreasing list of seconds")
+    if sampling == "first":
+        targets = times[0] + np.arange(num_frames) / fps
+    else:
+        targets = np.linspace(times[0], times[-1], num_frames)
+    after = np.minimum(np.searchsorted(times, targets), len(times) - 1)
+    before = np.maximum(after - 1, 0)
+    # The margin makes exact ties (up to float error) go to the earlier frame, the one a player is showing.
+    later_is_nearer = times[after] - targets < targets - times[before] - 1e-9
+    return np.where(later_is_nearer, after, before).tolist()
+
+
+def read_frames(path: str | Path, indices: list[int], size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode the frames at the given source indices.
 
-    Takes a video path and a non-empty list of frame indices (any order, repeats allowed). Decodes from
-    the start, keeping the wanted frames, and stops after the last one. Returns uint8 (len(indices), H, W, 3)
-    RGB, upright, in the order of `indices`. Raises VideoError when the video ends before an index.
+    Takes a video path, a non-empty list of frame indices (any order, repeats allowed) and optionally a
+    (height, width) to centre-crop and resize each frame to as it is decoded (see center_crop_resize), so
+    memory holds clip-sized frames, not 4K ones. Decodes from the start, keeping the wanted frames, and
+    stops after the last one. Returns uint8 (len(indices), H, W, 3) RGB (H, W = size when given), upright,
+    in the order of `indices`. Raises VideoError when the video ends before an index.
     """
     path = Path(path)
     if not indices or min(indices) < 0:
@@ -134,7 +257,8 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
     with _open_video_stream(path) as stream:
         for frame in _decoded_frames(stream):
             if decoded in wanted:
-                kept[decoded] = _to_rgb(frame)
+                rgb = _to_rgb(frame)
+                kept[decoded] = rgb if size is None else center_crop_resize(rgb[None], *size)[0]
             if decoded == last:
                 break
             decoded += 1
@@ -146,8 +270,11 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
     return np.stack([kept[i] for i in indices])
 
 
-def _crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
-    """Return (top, left, crop_height, crop_width): the largest centred box with the target's aspect ratio."""
+def crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
+    """Return (top, left, crop_height, crop_width): the largest centred box with the target's aspect ratio.
+
+    This is the box center_crop_resize keeps of a height x width frame.
+    """
     if width * target_height > height * target_width:
         crop_width = max(1, round(height * target_width / target_height))
         return 0, (width - crop_width) // 2, height, crop_width
@@ -164,7 +291,7 @@ def center_crop_resize(frames: np.ndarray, height: int, width: int, nearest: boo
     """
     if frames.ndim != 4 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, C), got {frames.dtype} {frames.shape}")
-    top, left, crop_height, crop_width = _crop_box(frames.shape[1], frames.shape[2], height, width)
+    top, left, crop_height, crop_width = crop_box(frames.shape[1], frames.shape[2], height, width)
     cropped = frames[:, top : top + crop_height, left : left + crop_width]
     if (crop_height, crop_width) == (height, width):
         return np.ascontiguousarray(cropped)
@@ -193,14 +320,15 @@ def load_clip(
             "use a longer video or fewer frames per clip (num_frames)"
         )
     indices = select_frame_indices(info.num_frames, num_frames, sampling)
-    return center_crop_resize(read_frames(path, indices), height, width), indices
+    return read_frames(path, indices, (height, width)), indices
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 30) -> Path:
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 30) -> Path:
     """Write frames as an H.264 (yuv420p) mp4 that any player opens.
 
-    Takes a path (parent folders are created), uint8 (F, H, W, 3) RGB frames with even H and W (a
-    yuv420p requirement), and the frame rate. Returns the path. Raises ValueError for bad frames and
+    Takes a path (parent folders are created; the file is mp4 whatever its suffix), uint8 (F, H, W, 3) RGB
+    frames with even H and W (a yuv420p requirement), and the frame rate (fractional ones such as 29.97
+    too). Returns the path. Raises ValueError for bad frames and
     VideoError when the file cannot be written.
     """
     path = Path(path)
@@ -212,7 +340,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 30) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with av.open(str(path), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
+            # The encoder takes a rational rate; 29.97 becomes 2997/100.
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

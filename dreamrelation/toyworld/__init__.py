@@ -1,0 +1,6 @@
+"""Shapes World: a synthetic two-subject relation video world with ground truth, and judges for it.
+
+world (vocabulary, scenes, relation motion laws), render (frames and exact masks), captions (role-explicit
+captions and their parsing), dataset (a ready relation dataset folder), tracking and judges (relation,
+role and appearance judgements of decoded, possibly generated, video).
+"""

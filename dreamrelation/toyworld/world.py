@@ -1,0 +1,298 @@
+"""Shapes World: the vocabulary, the scene record and one trajectory law per relation.
+
+A scene is two flat-coloured shapes on a grey background. Subject 1 is the caption's grammatical subject
+and the one whose motion defines the relation ("A red circle orbits a blue square": the red circle moves,
+the blue square stays). Positions are subject centres (x, y) in pixels, y pointing down; a subject's
+size is the side of its bounding square, as a share of the frame's shorter side, so a scene renders the
+same at any resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle")
+# Six hues 60 degrees apart, at least 150 apart in RGB and 140 from the grey background, so a blurring VAE
+# or a lossy codec cannot turn one into another. Each also differs from the grey in brightness (luma at
+# least 35 away): an edge carried by colour alone is blurred by 4:2:0 chroma subsampling (and likely by a
+# small VAE), rounding a small square into a circle.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "yellow": (235, 215, 30),
+    "green": (20, 140, 40),
+    "cyan": (40, 220, 235),
+    "blue": (40, 70, 230),
+    "magenta": (245, 110, 245),
+}
+# Bounding-square side as a share of the frame's shorter side: 17-25 px at 96 px, 23-33 px at 128 px.
+# The largest pair still fits an orbit and a jump inside a 96 px frame.
+SIZES = {"small": 0.18, "medium": 0.22, "large": 0.26}
+BACKGROUNDS = ("plain", "textured")
+
+# Pixels kept free between a subject and the frame edge.
+_EDGE_MARGIN = 1.0
+# Placement draws per scene before giving up: a failed draw means a relation's path did not fit the frame.
+_MAX_DRAWS = 200
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One shape: a SHAPES name, a COLOURS name and a SIZES name."""
+
+    shape: str
+    colour: str
+    size: str = "medium"
+
+    def __post_init__(self):
+        checks = ((self.shape, SHAPES, "shape"), (self.colour, COLOURS, "colour"), (self.size, SIZES, "size"))
+        for value, vocabulary, kind in checks:
+            if value not in vocabulary:
+                raise ValueError(f"unknown {kind} {value!r}; use one of {', '.join(vocabulary)}")
+
+    @property
+    def phrase(self) -> str:
+        """The subject as a caption names it: 'red circle' (sizes are not named)."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A two-subject video: subject1 acts, subject2 is acted on; `seed` fixes start positions and paths."""
+
+    subject1: Subject
+    subject2: Subject
+    relation: str
+    seed: int
+    background: str = "plain"
+
+    def __post_init__(self):
+        if self.relation not in RELATIONS:
+            raise ValueError(f"unknown relation {self.relation!r}; use one of {', '.join(RELATIONS)}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.background!r}; use one of {', '.join(BACKGROUNDS)}")
+        # The judges find subjects by colour, so two subjects of one colour could not be told apart.
+        if self.subject1.colour == self.subject2.colour:
+            raise ValueError(f"both subjects are {self.subject1.colour}; give them different colours")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A clip's geometry: frame size in pixels and each subject's half-side (r1, r2) in pixels."""
+
+    width: int
+    height: int
+    r1: float
+    r2: float
+
+    @property
+    def side(self) -> float:
+        """The frame's shorter side: the unit of every distance a relation draws."""
+        return float(min(self.width, self.height))
+
+
+# A trajectory law: (rng, t float (F,) from 0 to 1, layout) -> float (2, F, 2) centres of subject 1 and 2,
+# relative to any origin; `trajectories` moves the pair to a random place where it fits the frame.
+Trajectory = Callable[[np.random.Generator, np.ndarray, Layout], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation: its caption verb phrase, whether the base model must not see it, and its motion law.
+
+    `symmetric` relations look the same with the subjects exchanged, so they have no role to judge.
+    """
+
+    verb: str
+    held_out: bool
+    trajectory: Trajectory
+    symmetric: bool = False
+
+
+def _unit(angle: float) -> np.ndarray:
+    """float (2,) unit vector at `angle` radians (x right, y down)."""
+    return np.array([np.cos(angle), np.sin(angle)])
+
+
+def _axis(rng: np.random.Generator) -> np.ndarray:
+    """float (2,) one of the four axis directions: contacts along an axis make square edges meet flat."""
+    return _unit(rng.integers(4) * np.pi / 2)
+
+
+def _box_distance(direction: np.ndarray, reach: float) -> float:
+    """Centre distance along unit `direction` at which two squares whose half-sides sum to `reach` touch.
+
+    Diagonal neighbours must be further apart than `reach`, or their corners would overlap.
+    """
+    return reach / np.abs(direction).max()
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Stack two float (F, 2) paths into float (2, F, 2)."""
+    return np.stack([a, b])
+
+
+def _approaches(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Subject 1 travels in a straight line toward the still subject 2 and stops a small gap from it."""
+    direction = _unit(rng.uniform(0, 2 * np.pi))  # from subject 2 to subject 1
+    near = _box_distance(direction, layout.r1 + layout.r2 + layout.side * rng.uniform(0.04, 0.08))
+    far = near + layout.side * rng.uniform(0.3, 0.5)
+    a = direction * (far + (near - far) * t)[:, None]
+    return _pair(a, np.zeros_like(a))
+
+
+def _moves_away_from(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Approaching played backwards: subject 1 starts beside the still subject 2 and leaves in a straight line."""
+    return _approaches(rng, 1 - t, layout)
+
+
+def _bounces_off(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Subject 1 runs into the still subject 2, touching it at mid-clip, and leaves mirrored about the normal."""
+    normal = _axis(rng)  # from subject 2 to subject 1 at the contact
+    tilt = rng.choice([-1, 1]) * np.radians(rng.uniform(15, 40))
+    rotation = np.array([[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]])
+    incoming = -(rotation @ normal)
+    outgoing = incoming - 2 * (incoming @ normal) * normal
+    contact = normal * (layout.r1 + layout.r2)
+    travel = layout.side * rng.uniform(0.25, 0.4)
+    s = (2 * t - 1)[:, None]  # -1 at the start, 0 at the contact, 1 at the end
+    a = contact + np.where(s < 0, incoming, outgoing) * travel * s
+    return _pair(a, np.zeros_like(a))
+
+
+def _pushes(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Subject 1 reaches the still subject 2 at mid-clip and, touching it, pushes it on at the same speed."""
+    direction = _axis(rng)
+    travel = layout.side * rng.uniform(0.18, 0.3)
+    s = (2 * t - 1)[:, None]
+    b = direction * travel * np.maximum(s, 0)
+    a = b - direction * (layout.r1 + layout.r2 + travel * np.maximum(-s, 0))
+    return _pair(a, b)
+
+
+def _follows(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Both travel the same straight line at the same speed, subject 1 a fixed gap behind subject 2."""
+    direction = _unit(rng.uniform(0, 2 * np.pi))
+    gap = _box_distance(direction, layout.r1 + layout.r2 + layout.side * rng.uniform(0.06, 0.12))
+    b = direction * (layout.side * rng.uniform(0.25, 0.4) * t)[:, None]
+    return _pair(b - direction * gap, b)
+
+
+def _swaps_places_with(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Each subject travels to the other's start, on opposite sides of the line between them so they pass."""
+    along = _unit(rng.uniform(0, 2 * np.pi))
+    across = np.array([-along[1], along[0]]) * rng.choice([-1, 1])
+    distance = _box_distance(along, layout.r1 + layout.r2) + layout.side * rng.uniform(0.15, 0.3)
+    # Half the passing distance each side, so at mid-clip the two are a small gap apart.
+    offset = _box_distance(across, layout.r1 + layout.r2 + layout.side * 0.04) / 2
+    bulge = (offset * np.sin(np.pi * t))[:, None] * across
+    a = along * (distance * t)[:, None] + bulge
+    b = along * (distance * (1 - t))[:, None] - bulge
+    return _pair(a, b)
+
+
+def _orbits(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Subject 1 circles the still subject 2 once, at constant speed and radius, either way round."""
+    # 1.1x the summed half-sides plus a gap: only square corners can graze, and the one on top hides them.
+    radius = 1.1 * (layout.r1 + layout.r2) + 0.03 * layout.side
+    angle = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * 2 * np.pi * t
+    a = radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    return _pair(a, np.zeros_like(a))
+
+
+def _jumps_over(rng: np.random.Generator, t: np.ndarray, layout: Layout) -> np.ndarray:
+    """Subject 1 starts on the ground beside the still subject 2 and leaps over it in a half-ellipse to the other side.
+
+    The ellipse's half-width is k times the summed half-sides; its height is the least that keeps subject 1
+    clear of subject 2's top wherever their columns overlap (a bounding-square bound, so any shapes clear).
+    """
+    side = rng.choice([-1, 1])  # -1: starts left of subject 2
+    k = rng.uniform(1.3, 1.5)
+    half_width = k * (layout.r1 + layout.r2)
+    height = (2 * layout.r2 + 0.03 * layout.side) / np.sqrt(1 - 1 / k**2)
+    ground = layout.r2 - layout.r1  # subject 1's centre y when both stand on the same ground line
+    angle = np.pi * t
+    a = np.stack([side * half_width * np.cos(angle), ground - height * np.sin(angle)], axis=1)
+    return _pair(a, np.zeros_like(a))
+
+
+RELATIONS: dict[str, Relation] = {
+    "approaches": Relation("approaches", False, _approaches),
+    "moves_away_from": Relation("moves away from", False, _moves_away_from),
+    "bounces_off": Relation("bounces off", False, _bounces_off),
+    "pushes": Relation("pushes", False, _pushes),
+    "follows": Relation("follows", False, _follows),
+    "swaps_places_with": Relation("swaps places with", False, _swaps_places_with, symmetric=True),
+    "orbits": Relation("orbits", True, _orbits),
+    "jumps_over": Relation("jumps over", True, _jumps_over),
+}
+TRAINED_RELATIONS = tuple(name for name, relation in RELATIONS.items() if not relation.held_out)
+HELD_OUT_RELATIONS = tuple(name for name, relation in RELATIONS.items() if relation.held_out)
+
+
+def half_side(subject: Subject, height: int, width: int) -> float:
+    """A subject's bounding-square half-side in pixels for a height x width frame."""
+    return SIZES[subject.size] * min(height, width) / 2
+
+
+def trajectories(scene: Scene, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Per-frame centres of both subjects.
+
+    Takes a scene, the frame count and the frame size in pixels. Draws the relation's path from the scene's
+    seed and places the pair at a random spot where both subjects stay wholly inside the frame on every
+    frame. Returns float64 (2, num_frames, 2): [subject, frame, (x, y)] in pixels, deterministic in the
+    scene. Raises ValueError when the relation cannot fit the frame at these subject sizes.
+    """
+    if num_frames < 2:
+        raise ValueError(f"a relation needs at least 2 frames, got {num_frames}")
+    layout = Layout(width, height, half_side(scene.subject1, height, width), half_side(scene.subject2, height, width))
+    radii = np.array([layout.r1, layout.r2])[:, None, None]
+    frame = np.array([width, height], float)
+    rng = np.random.default_rng(scene.seed)
+    t = np.linspace(0, 1, num_frames)
+    for _ in range(_MAX_DRAWS):
+        centres = RELATIONS[scene.relation].trajectory(rng, t, layout)
+        low = (centres - radii).min(axis=(0, 1)) - _EDGE_MARGIN
+        high = (centres + radii).max(axis=(0, 1)) + _EDGE_MARGIN
+        slack = frame - (high - low)
+        if (slack >= 0).all():
+            return centres - low + rng.uniform(0, 1, 2) * slack
+    raise ValueError(
+        f"{scene.relation} with {scene.subject1.size} and {scene.subject2.size} subjects does not fit a "
+        f"{width}x{height} frame; use a larger frame or smaller subjects"
+    )
+
+
+def sample_scenes(
+    count: int,
+    seed: int,
+    relations: Sequence[str] = tuple(RELATIONS),
+    backgrounds: Sequence[str] = BACKGROUNDS,
+) -> list[Scene]:
+    """Draw `count` random scenes, deterministic in `seed`.
+
+    Relations take turns (scene i gets relations[i % len]) so each gets an equal share, and each round of
+    relations gets the next background, so every relation is seen on every background; colours (two
+    different ones), shapes, sizes and each scene's own seed are random. Returns a list of Scene.
+    """
+    rng = np.random.default_rng(seed)
+    colours, shapes, sizes = list(COLOURS), list(SHAPES), list(SIZES)
+
+    def subject(colour: str) -> Subject:
+        return Subject(shapes[rng.integers(len(shapes))], colour, sizes[rng.integers(len(sizes))])
+
+    scenes = []
+    for index in range(count):
+        first, second = rng.choice(len(colours), size=2, replace=False)
+        scenes.append(
+            Scene(
+                subject(colours[first]),
+                subject(colours[second]),
+                relations[index % len(relations)],
+                int(rng.integers(2**31)),
+                backgrounds[index // len(relations) % len(backgrounds)],
+            )
+        )
+    return scenes

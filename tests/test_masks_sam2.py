@@ -1,0 +1,201 @@
+"""SAM2 video segmenter on a tiny random-weight Sam2VideoModel saved like a Hub model (no downloads)."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import Sam2VideoConfig, Sam2VideoModel
+
+from dreamrelation.masks.prompts import SubjectPrompt
+from dreamrelation.masks.sam2 import (
+    Sam2VideoSegmenter,
+    SegmenterUnavailable,
+    _fill_frames,
+    _prompt_tensors,
+    masks_to_video_size,
+    preprocess_frames,
+)
+
+SIZE = 128  # the tiny model's square input
+
+
+def tiny_sam2_config(size: int = SIZE) -> Sam2VideoConfig:
+    """A few-channel SAM2 video config. Two port constraints: the memory attention's key width is fixed at 64,
+    so memory_encoder_output_channels must be 64, and object pointers are split into memory-width pieces, so the
+    hidden size must be a multiple of it larger than 64."""
+    return Sam2VideoConfig(
+        vision_config=dict(
+            model_type="sam2_vision_model",
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=16,
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[16, 32, 64, 128],
+                num_attention_heads_per_stage=[1, 1, 1, 1],
+                window_size_per_stage=[4, 4, 4, 2],
+                global_attention_blocks=[3],  # not a stage's first block: those shrink their window by 2
+                window_positional_embedding_background_size=[2, 2],
+                image_size=[size, size],
+            ),
+            backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+            fpn_hidden_size=128,
+        ),
+        prompt_encoder_config=dict(hidden_size=128, image_size=size, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=size,
+        memory_attention_hidden_size=128,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[size // 16] * 2,
+        memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128,
+        memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64,
+        memory_fuser_num_layers=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def sam2_dir(tmp_path_factory):
+    """A saved tiny SAM2 whose random weights give non-trivial masks: the default init (std 0.02) gives logits
+    near 0 and "no object" scores, so weights are redrawn with unit-gain scale and objects are always present."""
+    torch.manual_seed(0)
+    model = Sam2VideoModel(tiny_sam2_config())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * param.shape[1:].numel() ** -0.5)
+            elif name.endswith("bias"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    path = tmp_path_factory.mktemp("sam2")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def segmenter(sam2_dir):
+    return Sam2VideoSegmenter(str(sam2_dir), torch.device("cpu"), input_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.random.default_rng(0).integers(0, 256, (7, 48, 64, 3), dtype=np.uint8)
+
+
+def boxes_on(frame):
+    return [SubjectPrompt(0, frame, box=(2, 2, 30, 40)), SubjectPrompt(1, frame, box=(32, 5, 60, 45))]
+
+
+def test_preprocess_frames_matches_hand_computation():
+    # A 2x2 frame upsampled to 4x4: bilinear (half-pixel centres) samples each row/column at -0.25, 0.25,
+    # 0.75, 1.25 -> weights (1, 0), (.75, .25), (.25, .75), (0, 1); values are rounded to uint8 levels.
+    frame = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    frame[0, :, 1, :] = 255
+    frame[0, :, :, 1] = 100  # green constant: resizing keeps it
+    out = preprocess_frames(frame, 4)
+    assert out.shape == (1, 3, 4, 4) and out.dtype == torch.float32
+    red_row = torch.tensor([0.0, 64.0, 191.0, 255.0]) / 255
+    assert torch.allclose(out[0, 0], ((red_row - 0.485) / 0.229).expand(4, 4), atol=1e-6)
+    assert torch.allclose(out[0, 1], torch.full((4, 4), (100 / 255 - 0.456) / 0.224), atol=1e-6)
+
+
+def test_preprocess_frames_downsizes_constant_frames_exactly():
+    frames = np.full((3, 30, 50, 3), (255, 0, 128), dtype=np.uint8)
+    out = preprocess_frames(frames, 16)
+    expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
+    assert out.shape == (3, 3, 16, 16)
+    assert torch.allclose(out, expected.view(1, 3, 1, 1).expand_as(out), atol=1e-5)
+
+
+def test_masks_to_video_size_interpolates_logits_then_thresholds_at_zero():
+    # Logits (-3, 1) to width 4: samples at x = 0, .25, .75, 1 of the way -> -3, -2, 0, 1; only > 0 is on.
+    logits = torch.tensor([[[[-3.0, 1.0]]]])
+    masks = masks_to_video_size(logits, 2, 4)
+    assert masks.dtype == torch.bool and masks.shape == (1, 2, 4)
+    assert masks.tolist() == [[[False, False, False, True]] * 2]
+
+
+def test_prompt_coordinates_are_scaled_to_the_input_and_the_box_comes_first():
+    tensors = _prompt_tensors((10, 20, 30, 40), [(5, 8)], [0], height=80, width=40, input_size=160)
+    assert tensors["point_coords"].tolist() == [[[[40.0, 40.0], [120.0, 80.0], [20.0, 16.0]]]]
+    assert tensors["point_labels"].tolist() == [[[2, 3, 0]]]
+    assert tensors["point_labels"].dtype == torch.int32
+
+
+def test_between_frames_interpolate_probabilities():
+    # Frame 1 lies halfway between keyframes 0 and 2: p = (sigmoid(4) + sigmoid(-2)) / 2 = 0.55 -> on,
+    # (sigmoid(2) + sigmoid(-4)) / 2 = 0.45 -> off, (sigmoid(-3) + sigmoid(9)) / 2 = 0.52 -> on.
+    logits = {0: torch.tensor([[[[4.0, 2.0]]], [[[-3.0, -3.0]]]]), 1: torch.tensor([[[[-2.0, -4.0]]], [[[9.0, 9.0]]]])}
+    masks = _fill_frames(logits, [0, 2], 3, 1, 2)
+    assert masks.shape == (2, 3, 1, 2) and masks.dtype == bool
+    assert masks[0, :, 0].tolist() == [[True, True], [True, False], [False, False]]
+    assert masks[1, :, 0].tolist() == [[False, False], [True, True], [True, True]]
+
+
+def test_segment_returns_both_subjects_on_every_frame_deterministically(segmenter, frames):
+    steps = []
+    masks = segmenter.segment(frames, boxes_on(0), progress=lambda done, total: steps.append((done, total)))
+    assert masks.shape == (2, 7, 48, 64) and masks.dtype == bool
+    assert masks.any(axis=(2, 3)).all()  # the boosted random model marks something on every frame
+    assert steps == [(i, 7) for i in range(1, 8)]  # forwards only: the seed is frame 0
+    np.testing.assert_array_equal(masks, segmenter.segment(frames, boxes_on(0)))
+
+
+def test_middle_seed_frame_propagates_backwards(segmenter, frames):
+    steps = []
+    masks = segmenter.segment(frames, boxes_on(3), progress=lambda done, total: steps.append((done, total)))
+    assert masks.shape == (2, 7, 48, 64)
+    # forwards 3..6 (4 steps), then backwards 3..0 (4 steps)
+    assert steps[-1] == (8, 8)
+    assert masks[:, :3].any(axis=(2, 3)).all()
+
+
+def test_subjects_may_start_on_different_frames(segmenter, frames):
+    prompts = [SubjectPrompt(0, 1, box=(2, 2, 30, 40)), SubjectPrompt(1, 4, points=[(40.0, 20.0)], labels=[1])]
+    masks = segmenter.segment(frames, prompts)
+    assert masks.shape == (2, 7, 48, 64)
+
+
+def test_a_correction_changes_its_subject_only(segmenter, frames):
+    base = segmenter.segment(frames, boxes_on(0))
+    correction = SubjectPrompt(0, 4, points=[(10.0, 10.0), (50.0, 30.0)], labels=[0, 1])
+    corrected = segmenter.segment(frames, [*boxes_on(0), correction])
+    assert (corrected[0] != base[0]).any()
+    np.testing.assert_array_equal(corrected[1], base[1])
+    np.testing.assert_array_equal(corrected[:, 0], base[:, 0])  # the seed frame keeps its own result
+
+
+def test_frame_stride_runs_on_keyframes_and_fills_every_frame(segmenter, frames):
+    steps = []
+    masks = segmenter.segment(frames, boxes_on(0), frame_stride=4, progress=lambda d, t: steps.append((d, t)))
+    assert masks.shape == (2, 7, 48, 64) and masks.dtype == bool
+    assert steps[-1] == (3, 3)  # keyframes 0, 4 and the last frame 6
+    full = segmenter.segment(frames, boxes_on(0))
+    np.testing.assert_array_equal(masks[:, 0], full[:, 0])
+
+
+def test_another_input_size_reuses_the_weights(sam2_dir, frames):
+    small = Sam2VideoSegmenter(str(sam2_dir), torch.device("cpu"), input_size=64)
+    masks = small.segment(frames[:3], boxes_on(0))
+    assert masks.shape == (2, 3, 48, 64)
+
+
+def test_bad_inputs_are_one_line_errors(segmenter, frames):
+    with pytest.raises(ValueError, match="subject 2"):
+        segmenter.segment(frames, boxes_on(0)[:1])
+    with pytest.raises(ValueError, match="frame 9"):
+        segmenter.segment(frames, [*boxes_on(0), SubjectPrompt(1, 9, box=(0, 0, 5, 5))])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Sam2VideoSegmenter("unused", torch.device("cpu"), input_size=100)
+
+
+def test_missing_weights_raise_segmenter_unavailable(tmp_path):
+    with pytest.raises(SegmenterUnavailable, match=r"facebook/sam2.1-hiera-tiny.*hf download"):
+        Sam2VideoSegmenter("facebook/sam2.1-hiera-tiny", torch.device("cpu"))
+    with pytest.raises(SegmenterUnavailable, match=r"from the folder .*sam2.1-hiera-tiny --local-dir"):
+        Sam2VideoSegmenter(str(tmp_path), "cpu")
