@@ -9,7 +9,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from dreamrelation.config import DataConfig, GenerateConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+from dreamrelation.config import (
+    DataConfig,
+    GenerateConfig,
+    IngestConfig,
+    MasksConfig,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 # flag -> (config section, field). Sections are RunConfig's attribute names; "generate" is GenerateConfig.
 MODEL_OPTIONS = {"--model": ("model", "name"), "--device": ("model", "device"), "--dtype": ("model", "dtype")}
@@ -65,7 +74,31 @@ GENERATE_OPTIONS = {
     "--vae-tiling": ("generate", "vae_tiling"),
     "--fps": ("generate", "fps"),
 }
+INGEST_OPTIONS = {
+    "--frames": ("ingest", "num_frames"),
+    "--height": ("ingest", "height"),
+    "--width": ("ingest", "width"),
+    "--fps": ("ingest", "fps"),
+    "--frame-sampling": ("ingest", "frame_sampling"),
+    "--max-file-mb": ("ingest", "max_file_mb"),
+    "--max-duration": ("ingest", "max_duration_s"),
+    "--max-pixels": ("ingest", "max_pixels"),
+    "--max-caption-tokens": ("ingest", "max_caption_tokens"),
+}
+MASKS_OPTIONS = {
+    "--engine": ("masks", "engine"),
+    "--detector": ("masks", "detector"),
+    "--sam2-model": ("masks", "sam2_model"),
+    "--sam2-input-size": ("masks", "sam2_input_size"),
+    "--frame-stride": ("masks", "frame_stride"),
+    "--seed-frame": ("masks", "seed_frame"),
+    "--box-threshold": ("masks", "box_threshold"),
+    "--text-threshold": ("masks", "text_threshold"),
+    "--device": ("masks", "device"),
+}
 SECTIONS: dict[str, type[BaseModel]] = {
+    "ingest": IngestConfig,
+    "masks": MasksConfig,
     "model": ModelConfig,
     "data": DataConfig,
     "method": MethodConfig,
@@ -163,6 +196,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _captions_for(videos: list[Path], caption: str | None) -> list[tuple[Path, str]]:
+    """(video, caption) pairs: --caption for all, else each video's sibling VIDEO.txt (missing: empty, which
+    ingestion rejects with its message)."""
+    pairs = []
+    for video in videos:
+        sibling = video.with_suffix(".txt")
+        text = caption if caption is not None else (sibling.read_text(encoding="utf-8") if sibling.is_file() else "")
+        pairs.append((video, text))
+    return pairs
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from dreamrelation.data.ingest import ingest_videos
+    from dreamrelation.models.mochi import MochiSpecification
+
+    config = IngestConfig.model_validate(_overrides(args).get("ingest", {}))
+    clips, errors = ingest_videos(_captions_for(args.videos, args.caption), args.data, config, MochiSpecification.defaults)
+    for clip in clips:
+        notes = f" ({'; '.join(clip.notes)})" if clip.notes else ""
+        print(f"added {clip.name}{notes}")
+    for error in errors:
+        print(f"dreamrelation: rejected {error}", file=sys.stderr)
+    print(f"{len(clips)} video(s) added to {args.data}, {len(errors)} rejected")
+    return 2 if errors else 0
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from dreamrelation.masks.pipeline import make_masks
+    from dreamrelation.masks.subjects import parse_subjects_override
+
+    config = MasksConfig.model_validate(_overrides(args).get("masks", {}))
+    subjects = parse_subjects_override(args.subjects) if args.subjects else None
+    results = make_masks(args.data, config, subjects=subjects, names=args.names)
+    failed = 0
+    for result in results:
+        if result.error:
+            failed += 1
+            print(f"dreamrelation: {result.name}: {result.error}", file=sys.stderr)
+            continue
+        print(f"{result.name}: {result.engine} masks of {' and '.join(result.subjects or ('?', '?'))}")
+        for line in ([result.notice] if result.notice else []) + result.flags:
+            print(f"  ! {line}")
+    print(f"masks written for {len(results) - failed} of {len(results)} video(s) under {Path(args.data) / 'masks'}")
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamrelation", description="Relation-centric video customisation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file with model/data/method/train sections.")
     _add_options(train, TRAIN_OPTIONS)
     train.set_defaults(handler=cmd_train)
+
+    ingest = commands.add_parser("ingest", help="Normalise raw videos into a relation dataset folder.")
+    ingest.add_argument("videos", nargs="+", type=Path, help="Video files (mp4, mov, webm, mkv, avi, gif).")
+    ingest.add_argument("--data", type=Path, required=True, help="The dataset folder to add them to.")
+    ingest.add_argument("--caption", help="One caption for every video; else each VIDEO.txt beside its video.")
+    _add_options(ingest, INGEST_OPTIONS)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    masks = commands.add_parser("masks", help="Make the two subject masks of every video of a dataset folder.")
+    masks.add_argument("--data", type=Path, required=True, help="The dataset folder; fills DATA/masks/.")
+    masks.add_argument("--subjects", help="The two subject phrases for every video, e.g. 'dog,cat' "
+                       "(default: from each caption).")
+    masks.add_argument("--names", nargs="+", help="Only these videos (file stems).")
+    _add_options(masks, MASKS_OPTIONS)
+    masks.set_defaults(handler=cmd_masks)
 
     generate = commands.add_parser("generate", help="Generate a video with a relation LoRA.")
     generate.add_argument("--lora", type=Path, help="A training output folder or its relation_lora.safetensors "
@@ -194,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dreamrelation` console script; returns the exit code."""
     from dreamrelation.data.dataset import DatasetError
     from dreamrelation.data.video import VideoError
+    from dreamrelation.data.ingest import IngestError
     from dreamrelation.generate import GenerationError
+    from dreamrelation.masks.grounding import DetectorUnavailable
+    from dreamrelation.masks.sam2 import SegmenterUnavailable
+    from dreamrelation.masks.subjects import SubjectError
     from dreamrelation.models import ModelLoadError
 
     args = build_parser().parse_args(argv)
@@ -203,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except ValidationError as error:
         message = _validation_message(error)
-    except (CliError, DatasetError, VideoError, GenerationError, ModelLoadError, OSError) as error:
+    except (
+        CliError, DatasetError, VideoError, IngestError, SubjectError, DetectorUnavailable, SegmenterUnavailable,
+        GenerationError, ModelLoadError, OSError,
+    ) as error:
         message = str(error)
     except KeyboardInterrupt:
         message = "interrupted"

@@ -108,3 +108,44 @@ def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cac
         assert torch.equal(rank0[key], rank1[key]), key
     assert any(rank0[k].abs().sum() > 0 for k in rank0 if "lora_B" in k)
     assert (tmp_path / "relation_lora.safetensors").exists()
+
+
+def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tmp_path):
+    """A dataset prepared only by the CLI (ingest, then basic masks) trains."""
+    from dreamrelation.data.video import write_video
+    from dreamrelation.toyworld.render import render_scene
+    from dreamrelation.toyworld.world import Scene, Subject
+
+    uploads = tmp_path / "uploads"
+    for i, name in enumerate(["my clip (1).mp4", "Überraschung.mov"]):
+        scene = Scene(Subject("circle", "red", "large"), Subject("square", "blue", "large"), "approaches", seed=i)
+        frames, _ = render_scene(scene, 20, 80, 96)
+        write_video(uploads / name, frames, fps=30)
+    data = tmp_path / "data"
+    ingested = run_cli(
+        ["ingest", str(uploads / "my clip (1).mp4"), str(uploads / "Überraschung.mov"), "--data", str(data),
+         "--caption", "A red circle approaches a blue square.", "--frames", "13", "--height", "64",
+         "--width", "64", "--fps", "30"],
+        cache_dir,
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    masked = run_cli(["masks", "--data", str(data), "--engine", "basic"], cache_dir)
+    assert masked.returncode == 0, masked.stderr
+    assert "masks written for 2 of 2" in masked.stdout
+    trained = run_cli(
+        ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--steps", "2", "--frames", "13",
+         "--height", "64", "--width", "64", "--device", "cpu"],
+        cache_dir,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "run" / "relation_lora.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "uploads"]  # nothing written elsewhere
+
+
+def test_masks_command_reports_a_caption_with_one_subject(cache_dir, tmp_path):
+    data = write_two_subject_dataset(tmp_path / "data", num_videos=2, num_frames=13, height=32, width=32)
+    (data / "clip00.txt").write_text("Two people high-five.")
+    result = run_cli(["masks", "--data", str(data), "--engine", "basic"], cache_dir)
+    assert result.returncode == 2
+    assert "clip00" in result.stderr and "one subject" in result.stderr and "Traceback" not in result.stderr
+    assert "masks written for 1 of 2" in result.stdout

@@ -90,8 +90,9 @@ class _Sam2Engine:
 
         self.config = config
         device = resolve_device(config.device)
+        input_size, self.frame_stride = config.sam2_settings(on_gpu=device.type == "cuda")
         # The segmenter first: a missing SAM2 model is the likelier failure, and it fails without a download.
-        self.segmenter = Sam2VideoSegmenter(config.sam2_model, device, config.sam2_input_size)
+        self.segmenter = Sam2VideoSegmenter(config.sam2_model, device, input_size)
         self.detector = GroundingDetector(config.detector, device, config.box_threshold, config.text_threshold)
 
     def _seed_prompts(self, frame: np.ndarray, phrases: tuple[str, str]) -> tuple[list[SubjectPrompt], tuple[str, str]]:
@@ -131,7 +132,7 @@ class _Sam2Engine:
             if {p.subject for p in prompts} != {0, 1}:
                 raise
             seeds, ordered, rule = [], phrases, "as the corrections number them"
-        masks = self.segmenter.segment(frames, seeds + list(prompts), self.config.frame_stride, steps)
+        masks = self.segmenter.segment(frames, seeds + list(prompts), self.frame_stride, steps)
         return np.asarray(masks, bool), ordered, rule, []
 
 
