@@ -40,6 +40,8 @@ SIZES = {
     # A few million parameters: enough capacity to overfit a clip through LoRAs alone (tests of learning)
     # and CPU benchmarks where per-step overheads should not dominate.
     "small": dict(layers=4, heads=4, head_dim=32, text_dim=64, pooled_dim=64, vae_channels=32, t5_layers=2),
+    # The Shapes World base model's architecture (trained by scripts/train_toy_base.py).
+    "toy": dict(layers=6, heads=4, head_dim=32, text_dim=64, pooled_dim=64, vae_channels=32, t5_layers=2),
 }
 
 

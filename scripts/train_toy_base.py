@@ -1,0 +1,209 @@
+"""Train the embedded Shapes World base model (a genuine diffusers MochiPipeline) from scratch.
+
+Phases, each resumable from WORK_DIR (rerun the same command after an interruption):
+  1. clips      render Shapes World videos of the trained (not held-out) relations with captions;
+  2. vae        train the tiny AutoencoderKLMochi on short windows (Mochi's 8x space / 6x causal time), then set
+                its latents_mean / latents_std from its own latents;
+  3. latents    encode every clip (VAE mean) and caption (a frozen random T5 over the word-level vocabulary);
+  4. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
+                `training_forward` the relation trainer uses), batched attention, caption dropout for CFG;
+  5. save       `MochiPipeline.save_pretrained(OUTPUT)`, loadable with `from_pretrained` like a Hub model.
+
+    PYTHONPATH=. python scripts/train_toy_base.py --output assets/models/toy           # the real run
+    PYTHONPATH=. python scripts/train_toy_base.py --quick --output /tmp/toy --work-dir /tmp/toy-work
+Losses go to WORK_DIR/loss.jsonl; a tqdm bar shows each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dreamrelation.models.attention import use_batched_attention
+from dreamrelation.models.mochi import MochiSpecification
+from dreamrelation.models.tiny_random import build_tiny_pipeline
+from dreamrelation.toyworld.captions import caption
+from dreamrelation.toyworld.render import render_scene
+from dreamrelation.toyworld.world import TRAINED_RELATIONS, sample_scenes
+
+VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("assets/models/toy"), help="Where the pipeline is saved.")
+    parser.add_argument("--work-dir", type=Path, default=Path(".toy_work"), help="Resumable intermediate files.")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data and the weights.")
+    parser.add_argument("--clips", type=int, default=1200, help="Training clips rendered.")
+    parser.add_argument("--frames", type=int, default=25, help="Frames per clip (6k+1).")
+    parser.add_argument("--size", type=int, default=96, help="Frame side in pixels (multiple of 16).")
+    parser.add_argument("--model-size", default="toy", help="Preset of dreamrelation.models.tiny_random.SIZES.")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE optimizer steps.")
+    parser.add_argument("--vae-batch", type=int, default=4, help="VAE windows per step.")
+    parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
+    parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Transformer learning rate.")
+    parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
+    parser.add_argument("--quick", action="store_true", help="A seconds-long run of every phase (for tests).")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clips, args.frames, args.size, args.model_size = 6, 7, 32, "tiny"
+        args.vae_steps, args.vae_batch, args.transformer_steps, args.batch, args.checkpoint_every = 2, 2, 3, 2, 2
+    return args
+
+
+class LossLog:
+    """Appends {"phase", "step", "loss"} lines to WORK_DIR/loss.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, phase: str, step: int, loss: float) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"phase": phase, "step": step, "loss": loss, "time": time.time()}) + "\n")
+
+
+def render_clips(args) -> tuple[np.ndarray, list[str]]:
+    """Phase 1: uint8 clips (N, F, H, W, 3) and their captions, cached in WORK_DIR/clips.npz."""
+    path = args.work_dir / "clips.npz"
+    if path.exists():
+        data = np.load(path)
+        return data["clips"], json.loads(str(data["captions"]))
+    scenes = sample_scenes(args.clips, seed=args.seed, relations=TRAINED_RELATIONS)
+    clips = np.stack([render_scene(s, args.frames, args.size, args.size)[0] for s in tqdm(scenes, desc="clips")])
+    captions = [caption(s) for s in scenes]
+    np.savez(path, clips=clips, captions=json.dumps(captions))
+    return clips, captions
+
+
+def to_video_tensor(clips: np.ndarray, device) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1]."""
+    return torch.from_numpy(clips).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log: LossLog) -> None:
+    """Run `step_fn(step) -> loss tensor` for `steps` optimizer steps, checkpointing to WORK_DIR/NAME.pt."""
+    checkpoint = args.work_dir / f"{name}.pt"
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    bar = tqdm(total=steps, initial=start, desc=name)
+    for step in range(start, steps):
+        loss = step_fn(step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.write(name, step + 1, loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
+            state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": torch.get_rng_state(), "step": step + 1}
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+    bar.close()
+
+
+def train_vae(vae, clips: np.ndarray, args, log: LossLog) -> None:
+    """Phase 2: reconstruction (MSE) + a light KL on random VAE_WINDOW-frame windows; then latent statistics."""
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def step(_):
+        picks = torch.randint(len(clips), (args.vae_batch,), generator=generator).tolist()
+        start = int(torch.randint(clips.shape[1] - VAE_WINDOW + 1, (1,), generator=generator))
+        video = to_video_tensor(clips[picks, start : start + VAE_WINDOW], args.device)
+        posterior = vae.encode(video).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        return ((reconstruction - video) ** 2).mean() + 1e-6 * posterior.kl().mean()
+
+    resumable_loop("vae", vae, optimizer, args.vae_steps, args, step, log)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[str, torch.Tensor]:
+    """Phase 3: VAE means of every clip, the VAE's latent statistics, and the caption encodings (cached)."""
+    path = args.work_dir / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    spec = MochiSpecification()
+    means = torch.cat([
+        pipe.vae.encode(to_video_tensor(clips[i : i + 4], args.device)).latent_dist.mean.cpu()
+        for i in tqdm(range(0, len(clips), 4), desc="latents")
+    ])
+    latents_mean = means.mean(dim=(0, 2, 3, 4))
+    latents_std = means.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    pipe.vae.register_to_config(latents_mean=latents_mean.tolist(), latents_std=latents_std.tolist(), scaling_factor=1.0)
+    embeds, masks = zip(*(spec.encode_prompts(pipe, captions[i : i + 64]) for i in range(0, len(captions), 64)))
+    empty_embeds, empty_mask = spec.encode_prompts(pipe, [""])
+    record = {
+        "latents": spec.normalize_latents(pipe.vae.config, means),
+        "embeds": torch.cat(embeds).cpu(),
+        "masks": torch.cat(masks).cpu(),
+        "empty_embeds": empty_embeds.cpu(),
+        "empty_mask": empty_mask.cpu(),
+        "latents_mean": latents_mean.tolist(),
+        "latents_std": latents_std.tolist(),
+    }
+    torch.save(record, path)
+    return record
+
+
+def train_transformer(transformer, data: dict[str, torch.Tensor], args, log: LossLog) -> None:
+    """Phase 4: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
+    spec = MochiSpecification()
+    use_batched_attention(transformer)
+    transformer.train()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    latents, embeds, masks = data["latents"], data["embeds"], data["masks"]
+
+    def step(_):
+        picks = torch.randint(len(latents), (args.batch,), generator=generator)
+        drop = torch.rand(args.batch, generator=generator) < 0.1
+        text = torch.where(drop[:, None, None], data["empty_embeds"], embeds[picks])
+        text_mask = torch.where(drop[:, None], data["empty_mask"], masks[picks])
+        z0 = latents[picks]
+        noise = torch.randn(z0.shape, generator=generator)
+        sigmas = torch.rand(args.batch, generator=generator)
+        pred, target = spec.training_forward(
+            transformer, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
+            text.to(args.device), text_mask.to(args.device), torch.float32,
+        )
+        return ((pred - target) ** 2).mean()
+
+    resumable_loop("transformer", transformer, optimizer, args.transformer_steps, args, step, log)
+    transformer.eval()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    log = LossLog(args.work_dir / "loss.jsonl")
+    torch.manual_seed(args.seed)
+    pipe = build_tiny_pipeline(seed=args.seed, size=args.model_size).to(args.device)
+    pipe.text_encoder.requires_grad_(False)  # a frozen random T5: word embeddings alone tell the words apart
+    clips, captions = render_clips(args)
+    train_vae(pipe.vae, clips, args, log)
+    data = encode_latents(pipe, clips, captions, args)
+    pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
+    train_transformer(pipe.transformer, data, args, log)
+    pipe.to("cpu").save_pretrained(args.output)
+    print(f"saved the toy MochiPipeline to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
