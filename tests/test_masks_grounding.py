@@ -4,77 +4,22 @@ of two subject boxes."""
 import numpy as np
 import pytest
 import torch
-from transformers import (
-    BertConfig,
-    BertTokenizer,
-    CLIPTokenizer,
-    GroundingDinoConfig,
-    GroundingDinoForObjectDetection,
-    GroundingDinoProcessor,
-    Owlv2Config,
-    Owlv2ForObjectDetection,
-    Owlv2Processor,
-)
-from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
-from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+from transformers import BertConfig
 from transformers.utils import is_scipy_available, is_torchvision_available
 
 from dreamrelation.masks.grounding import DetectorUnavailable, GroundingDetector, _phrase_of_label, pick_subject_boxes
 from dreamrelation.masks.prompts import Detection
-
-WORDS = ["a", "dog", "cat", "person", "horse", "is", "chasing", "riding", "."]
+from mask_models import save_tiny_grounding_dino, save_tiny_owlv2
 
 
 @pytest.fixture(scope="module")
 def grounding_dino_dir(tmp_path_factory):
-    """A tiny GroundingDINO (d_model is a multiple of 32 for its GroupNorm; two decoder layers) with a word-level
-    BERT tokenizer and the PIL image processor."""
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate([*special, *WORDS])})
-    config = GroundingDinoConfig(
-        backbone_config=dict(
-            model_type="swin", embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-            out_indices=[2, 3, 4],
-        ),
-        text_config=dict(
-            model_type="bert", vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=16, max_position_embeddings=64,
-        ),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=8, max_text_len=32,
-        encoder_n_points=1, decoder_n_points=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("grounding-dino")
-    GroundingDinoForObjectDetection(config).save_pretrained(path)
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_grounding_dino(tmp_path_factory.mktemp("grounding-dino"))
 
 
 @pytest.fixture(scope="module")
 def owlv2_dir(tmp_path_factory):
-    """A tiny OWLv2 with a character-level CLIP tokenizer (OWLv2 masks queries whose first token id is 0, so the
-    start token must not be id 0)."""
-    symbols = ["!", "<|startoftext|>", "<|endoftext|>", *(w + "</w>" for w in WORDS), *"abcdefghijklmnopqrstuvwxyz"]
-    tokenizer = CLIPTokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=[])
-    config = Owlv2Config(
-        text_config=dict(
-            vocab_size=len(symbols), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-            max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("owlv2")
-    Owlv2ForObjectDetection(config).save_pretrained(path)
-    image_processor = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
-    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_owlv2(tmp_path_factory.mktemp("owlv2"))
 
 
 def test_grounding_dino_boxes_are_in_image_pixels(grounding_dino_dir):

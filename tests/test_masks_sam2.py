@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.masks.sam2 import (
@@ -14,65 +13,14 @@ from dreamrelation.masks.sam2 import (
     masks_to_video_size,
     preprocess_frames,
 )
+from mask_models import SAM2_SIZE, save_tiny_sam2
 
-SIZE = 128  # the tiny model's square input
-
-
-def tiny_sam2_config(size: int = SIZE) -> Sam2VideoConfig:
-    """A few-channel SAM2 video config. Two port constraints: the memory attention's key width is fixed at 64,
-    so memory_encoder_output_channels must be 64, and object pointers are split into memory-width pieces, so the
-    hidden size must be a multiple of it larger than 64."""
-    return Sam2VideoConfig(
-        vision_config=dict(
-            model_type="sam2_vision_model",
-            backbone_config=dict(
-                model_type="sam2_hiera_det_model",
-                hidden_size=16,
-                blocks_per_stage=[1, 1, 2, 1],
-                embed_dim_per_stage=[16, 32, 64, 128],
-                num_attention_heads_per_stage=[1, 1, 1, 1],
-                window_size_per_stage=[4, 4, 4, 2],
-                global_attention_blocks=[3],  # not a stage's first block: those shrink their window by 2
-                window_positional_embedding_background_size=[2, 2],
-                image_size=[size, size],
-            ),
-            backbone_channel_list=[128, 64, 32, 16],
-            backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
-            fpn_hidden_size=128,
-        ),
-        prompt_encoder_config=dict(hidden_size=128, image_size=size, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
-        image_size=size,
-        memory_attention_hidden_size=128,
-        memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[size // 16] * 2,
-        memory_encoder_hidden_size=128,
-        memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=128,
-        memory_fuser_embed_dim=128,
-        memory_fuser_intermediate_dim=64,
-        memory_fuser_num_layers=1,
-    )
+SIZE = SAM2_SIZE  # the tiny model's square input
 
 
 @pytest.fixture(scope="module")
 def sam2_dir(tmp_path_factory):
-    """A saved tiny SAM2 whose random weights give non-trivial masks: the default init (std 0.02) gives logits
-    near 0 and "no object" scores, so weights are redrawn with unit-gain scale and objects are always present."""
-    torch.manual_seed(0)
-    model = Sam2VideoModel(tiny_sam2_config())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=generator) * param.shape[1:].numel() ** -0.5)
-            elif name.endswith("bias"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
-    path = tmp_path_factory.mktemp("sam2")
-    model.save_pretrained(path)
-    return path
+    return save_tiny_sam2(tmp_path_factory.mktemp("sam2"))
 
 
 @pytest.fixture(scope="module")
