@@ -2,7 +2,7 @@
 
 Phases, each resumable from WORK_DIR (rerun the same command after an interruption):
   1. clips      render Shapes World videos of the trained (not held-out) relations with captions;
-  2. vae        train the tiny AutoencoderKLMochi on short windows (Mochi's 8x space / 6x causal time), then set
+  2. vae        train the tiny AutoencoderKLMochi on short windows and crops (Mochi's 8x space / 6x causal time), then set
                 its latents_mean / latents_std from its own latents;
   3. latents    encode every clip (VAE mean) and caption (a frozen random T5 over the word-level vocabulary);
   4. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-size", default="toy", help="Preset of dreamrelation.models.tiny_random.SIZES.")
     parser.add_argument("--vae-steps", type=int, default=1500, help="VAE optimizer steps.")
     parser.add_argument("--vae-batch", type=int, default=4, help="VAE windows per step.")
+    parser.add_argument("--vae-crop", type=int, default=64, help="Side of the random square crops the VAE trains "
+                        "on (multiple of 8; a convolutional VAE generalises to the full frame; 64 px costs a "
+                        "third of 96 px).")
     parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4, help="Transformer learning rate.")
@@ -120,11 +123,14 @@ def train_vae(vae, clips: np.ndarray, args, log: LossLog) -> None:
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
+    crop = min(args.vae_crop, args.size)
 
     def step(_):
         picks = torch.randint(len(clips), (args.vae_batch,), generator=generator).tolist()
         start = int(torch.randint(clips.shape[1] - VAE_WINDOW + 1, (1,), generator=generator))
-        video = to_video_tensor(clips[picks, start : start + VAE_WINDOW], args.device)
+        top, left = (int(torch.randint(side - crop + 1, (1,), generator=generator)) for side in clips.shape[2:4])
+        window = clips[picks, start : start + VAE_WINDOW, top : top + crop, left : left + crop]
+        video = to_video_tensor(window, args.device)
         posterior = vae.encode(video).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=None)).sample
         return ((reconstruction - video) ** 2).mean() + 1e-6 * posterior.kl().mean()
