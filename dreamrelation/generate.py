@@ -45,7 +45,7 @@ def resolve_lora_file(lora: Path) -> Path:
 
 def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int, int]:
     """(num_frames, height, width) of a request, the model's defaults filling what it leaves open."""
-    defaults = loaded.spec.defaults
+    defaults = loaded.defaults
     return (config.num_frames or defaults.num_frames, config.height or defaults.height, config.width or defaults.width)
 
 

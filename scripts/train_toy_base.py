@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dreamrelation.models.attention import use_batched_attention
+from dreamrelation.models.base import ClipDefaults, write_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import build_tiny_pipeline
 from dreamrelation.toyworld.captions import caption
@@ -33,6 +34,8 @@ from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.world import TRAINED_RELATIONS, sample_scenes
 
 VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
+MAX_GRAD_NORM = 1.0
+TOY_FPS = 24  # the frame rate of Shapes World datasets (dreamrelation.toyworld.dataset)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=96, help="Frame side in pixels (multiple of 16).")
     parser.add_argument("--model-size", default="toy", help="Preset of dreamrelation.models.tiny_random.SIZES.")
     parser.add_argument("--vae-steps", type=int, default=1500, help="VAE optimizer steps.")
+    parser.add_argument("--vae-lr", type=float, default=5e-4, help="VAE learning rate.")
     parser.add_argument("--vae-batch", type=int, default=4, help="VAE windows per step.")
     parser.add_argument("--vae-crop", type=int, default=64, help="Side of the random square crops the VAE trains "
                         "on (multiple of 8; a convolutional VAE generalises to the full frame; 64 px costs a "
@@ -105,7 +109,11 @@ def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log:
     for step in range(start, steps):
         loss = step_fn(step)
         loss.backward()
-        optimizer.step()
+        # Clipped, and skipped when not finite: a crop of plain background gives GroupNorm a zero variance,
+        # whose gradient overflows now and then (unclipped, the VAE's loss stayed at the mean-image level).
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), MAX_GRAD_NORM)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         log.write(name, step + 1, loss.item())
         bar.update(1)
@@ -121,7 +129,7 @@ def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log:
 def train_vae(vae, clips: np.ndarray, args, log: LossLog) -> None:
     """Phase 2: reconstruction (MSE) + a light KL on random VAE_WINDOW-frame windows; then latent statistics."""
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     crop = min(args.vae_crop, args.size)
 
@@ -208,6 +216,7 @@ def main(argv=None) -> None:
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
     train_transformer(pipe.transformer, data, args, log)
     pipe.to("cpu").save_pretrained(args.output)
+    write_clip_defaults(args.output, ClipDefaults(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
     print(f"saved the toy MochiPipeline to {args.output}")
 
 

@@ -48,7 +48,7 @@ class PreparedDataset:
 
 
 def clip_shape(data: DataConfig, defaults) -> ClipShape:
-    """The clip size of a run: the data settings, else the model family's defaults."""
+    """The clip size of a run: the data settings, else the model's defaults."""
     return ClipShape(
         num_frames=data.num_frames or defaults.num_frames,
         height=data.height or defaults.height,
@@ -139,7 +139,7 @@ def prepare_dataset(
     `loaded` is a LoadedModel whose VAE and text encoder are used (and may be freed afterwards).
     Raises DatasetError / VideoError naming the clip that cannot be used.
     """
-    shape = clip_shape(data, loaded.spec.defaults)
+    shape = clip_shape(data, loaded.defaults)
     latents_dir = Path(cache_dir) / "latents"
     fingerprint = model_fingerprint(loaded.folder)
     records, encoded = [], 0

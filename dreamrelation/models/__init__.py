@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dreamrelation.config import ModelConfig
-from dreamrelation.models.base import ModelSpecification
+from dreamrelation.models.base import ClipDefaults, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 
 FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification()}
@@ -32,6 +32,7 @@ class LoadedModel:
     folder: Path
     device: torch.device
     dtype: torch.dtype
+    defaults: ClipDefaults  # the clip shape it generates and trains at unless told otherwise
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,4 +110,11 @@ def load_model(config: ModelConfig) -> LoadedModel:
         pipe = spec.load_pipeline(str(folder), dtype, device)
     except Exception as error:
         raise ModelLoadError(f"could not load the pipeline in {folder}: {error}") from error
-    return LoadedModel(spec=spec, pipe=pipe, source=config.name, folder=folder, device=device, dtype=dtype)
+    return LoadedModel(spec=spec, pipe=pipe, source=config.name, folder=folder, device=device, dtype=dtype,
+                       defaults=read_clip_defaults(folder, spec.defaults))
+
+
+def model_clip_defaults(config: ModelConfig) -> ClipDefaults:
+    """The clip shape of the model `config` names, without loading its weights (for ingesting uploads)."""
+    folder = resolve_source(config)
+    return read_clip_defaults(folder, specification_for(folder).defaults)

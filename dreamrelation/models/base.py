@@ -8,20 +8,42 @@ its latent grid, and how one training forward pass is computed. The trainer neve
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 
+# Beside model_index.json, a pipeline folder may say the clip shape it was trained at (the toy model does);
+# without it, its family's defaults apply.
+CLIP_DEFAULTS_FILE = "dreamrelation.json"
+
+
 @dataclass(frozen=True)
 class ClipDefaults:
-    """The resolution a family generates and trains at unless told otherwise."""
+    """The resolution a model generates and trains at unless told otherwise."""
 
     num_frames: int
     height: int
     width: int
     fps: int
+
+
+def read_clip_defaults(folder: Path, family_defaults: ClipDefaults) -> ClipDefaults:
+    """The clip defaults a pipeline folder declares in CLIP_DEFAULTS_FILE, else `family_defaults`."""
+    path = Path(folder) / CLIP_DEFAULTS_FILE
+    if not path.is_file():
+        return family_defaults
+    return ClipDefaults(**json.loads(path.read_text(encoding="utf-8"))["clip_defaults"])
+
+
+def write_clip_defaults(folder: Path, defaults: ClipDefaults) -> Path:
+    """Record the clip shape a saved pipeline was trained at (read back by read_clip_defaults); returns the file."""
+    path = Path(folder) / CLIP_DEFAULTS_FILE
+    path.write_text(json.dumps({"clip_defaults": asdict(defaults)}, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 class ModelSpecification(ABC):

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from dreamrelation.models.base import ClipDefaults, write_clip_defaults
 
 # Words of relation captions; anything else tokenises to <unk>. A word-level vocabulary keeps the tiny text
 # encoder able to tell "dog" from "cat" (a T5 tokenizer without its sentencepiece model cannot).
@@ -43,6 +43,9 @@ SIZES = {
     # The Shapes World base model's architecture (trained by scripts/train_toy_base.py).
     "toy": dict(layers=6, heads=4, head_dim=32, text_dim=64, pooled_dim=64, vae_channels=32, t5_layers=2),
 }
+# What the tiny models generate unless told otherwise (written beside them; Mochi-1's 61x480x848 would take
+# minutes per step on a CPU). The toy model's is written by scripts/train_toy_base.py.
+TINY_CLIP_DEFAULTS = ClipDefaults(num_frames=13, height=64, width=64, fps=24)
 
 
 def build_tokenizer(max_length: int = 32):
@@ -122,13 +125,14 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
-    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v4"
+    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v5"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
         build_tiny_pipeline(seed, size).save_pretrained(staging)
+        write_clip_defaults(staging, TINY_CLIP_DEFAULTS)
         try:
             os.rename(staging, target)
         except OSError:  # another process won the race; its copy is identical

@@ -311,4 +311,4 @@ def _render_sample(run: RunConfig, loaded: LoadedModel, dataset: PreparedDataset
         height=shape.height,
         width=shape.width,
     )
-    write_video(path, render(loaded, config), fps=loaded.spec.defaults.fps)
+    write_video(path, render(loaded, config), fps=loaded.defaults.fps)

@@ -1,0 +1,227 @@
+"""The job table: one SQLite file, HOME/jobs.sqlite3, shared by the app's threads, its scheduler and the workers.
+
+WAL mode lets readers (the app polling statuses) run while a worker writes; every call opens its own
+connection, so any thread or process may use one `JobStore`. State changes that can race (a cancel against a
+worker finishing, two pollers claiming a job) are compare-and-set: `update(..., only_from=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamrelation.config import RunConfig
+
+STATES = ("queued", "preparing", "training", "done", "failed", "cancelled")
+RUNNING = ("preparing", "training")  # a worker process exists (or should)
+ACTIVE = ("queued",) + RUNNING
+FINISHED = ("done", "failed", "cancelled")
+
+MAX_RELATION_NAME = 100
+_BUSY_TIMEOUT_S = 30.0  # a writer holds the lock for milliseconds; waiting this long means something is wrong
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    relation TEXT NOT NULL,
+    state TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    output_dir TEXT NOT NULL,
+    pid INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
+"""
+_UPDATABLE = {"state", "settings", "pid", "error", "attempts", "started", "finished"}
+
+
+class JobError(ValueError):
+    """A request about a job that cannot be done; the message is short and meant for the user."""
+
+
+class JobNotFound(JobError):
+    """No such job for this owner (also raised for other owners' jobs, with the same message)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table. Times are Unix seconds; `started` is when the latest worker started."""
+
+    id: str
+    owner: str
+    relation: str
+    state: str
+    settings: dict  # the RunConfig as JSON
+    output_dir: Path  # where the trainer writes: HOME/jobs/ID/output
+    pid: int | None
+    error: str | None
+    attempts: int  # how many of its workers stopped unexpectedly (see JobScheduler.reconcile)
+    created: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def run(self) -> RunConfig:
+        """The job's training settings as a RunConfig."""
+        return RunConfig.model_validate(self.settings)
+
+    @property
+    def job_dir(self) -> Path:
+        """HOME/jobs/ID: the output folder and the worker's log."""
+        return self.output_dir.parent
+
+    @property
+    def log_path(self) -> Path:
+        """HOME/jobs/ID/worker.log: the worker's stdout and stderr, and the scheduler's notes."""
+        return self.job_dir / "worker.log"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values["settings"] = json.loads(values["settings"])
+    values["output_dir"] = Path(values["output_dir"])
+    return Job(**values)
+
+
+class JobStore:
+    """The jobs of one app home folder, kept in HOME/jobs.sqlite3 (created on first use)."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "jobs.sqlite3"
+        with self._connect() as db:
+            # WAL is a property of the file: set once, every later connection (any process) gets it.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per call: sqlite3 connections must not cross threads, and calls are rare and short.
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def create(self, owner: str, relation: str, run: RunConfig) -> Job:
+        """Queue a new job: takes the owner, a relation name (1-100 characters) and the settings.
+
+        The settings' output_dir is replaced by HOME/jobs/ID/output. Returns the queued Job; raises JobError
+        for an empty owner or a bad relation name.
+        """
+        relation = relation.strip()
+        if not owner:
+            raise JobError("a job needs an owner")
+        if not relation or len(relation) > MAX_RELATION_NAME:
+            raise JobError(f"give the relation a name of 1 to {MAX_RELATION_NAME} characters")
+        with self._connect() as db:
+            while True:
+                job_id = secrets.token_hex(4)
+                output_dir = self.home / "jobs" / job_id / "output"
+                train = run.train.model_copy(update={"output_dir": output_dir})
+                settings = run.model_copy(update={"train": train}).model_dump(mode="json")
+                try:
+                    db.execute(
+                        "INSERT INTO jobs (id, owner, relation, state, settings, output_dir, created)"
+                        " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                        (job_id, owner, relation, json.dumps(settings), str(output_dir), time.time()),
+                    )
+                    break
+                except sqlite3.IntegrityError:  # the id is taken (one in 4e9): draw again
+                    continue
+        return self.load(job_id)
+
+    def load(self, job_id: str) -> Job:
+        """The job with this id whoever owns it: for the scheduler and workers, never for user requests.
+
+        Raises JobNotFound when there is none."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return _job(row)
+
+    def get(self, job_id: str, owner: str) -> Job:
+        """The job `job_id` of `owner`. Raises JobNotFound, with the same message, when the id is unknown or
+        belongs to another owner, so ids of other people's jobs cannot be probed."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ? AND owner = ?", (job_id, owner)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return _job(row)
+
+    def list(self, owner: str, states: Iterable[str] | None = None) -> list[Job]:
+        """The jobs of `owner`, newest first; only those in `states` when given."""
+        return self._select("owner = ?", (owner,), states, newest_first=True)
+
+    def in_states(self, states: Iterable[str]) -> list[Job]:
+        """Every owner's jobs in `states`, oldest first: for the scheduler."""
+        return self._select("1", (), states, newest_first=False)
+
+    def _select(self, where: str, args: tuple, states: Iterable[str] | None, newest_first: bool) -> list[Job]:
+        if states is not None:
+            states = tuple(states)
+            where += f" AND state IN ({', '.join('?' * len(states))})"
+            args += states
+        order = "DESC" if newest_first else "ASC"
+        with self._connect() as db:
+            rows = db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created {order}, rowid {order}", args)
+            return [_job(row) for row in rows]
+
+    def update(self, job_id: str, only_from: Iterable[str] | None = None, **fields) -> Job | None:
+        """Set `fields` (state, settings, pid, error, attempts, started, finished) of a job.
+
+        With `only_from`, only while the job's state is one of those (an atomic compare-and-set). Returns the
+        updated Job, or None when `only_from` did not match; raises JobNotFound for an unknown id.
+        """
+        unknown = fields.keys() - _UPDATABLE
+        if not fields or unknown:
+            raise ValueError(f"cannot update {sorted(unknown) or 'nothing'}; updatable: {sorted(_UPDATABLE)}")
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"unknown state {fields['state']!r}; one of {STATES}")
+        if "settings" in fields:
+            fields["settings"] = json.dumps(fields["settings"])
+        where, args = "id = ?", [job_id]
+        if only_from is not None:
+            only_from = tuple(only_from)
+            where += f" AND state IN ({', '.join('?' * len(only_from))})"
+            args += only_from
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            row = db.execute(
+                f"UPDATE jobs SET {assignments} WHERE {where} RETURNING *", [*fields.values(), *args]
+            ).fetchone()
+        if row is None:
+            self.load(job_id)  # raises JobNotFound when the id is unknown rather than just in another state
+            return None
+        return _job(row)
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1-based place of a queued job in the queue (oldest created first), or None when it is not queued."""
+        with self._connect() as db:
+            (position,) = db.execute(
+                "SELECT COUNT(*) FROM jobs AS other, jobs AS job"
+                " WHERE job.id = ? AND job.state = 'queued' AND other.state = 'queued'"
+                " AND (other.created, other.rowid) <= (job.created, job.rowid)",
+                (job_id,),
+            ).fetchone()
+        return position or None
+
+    def next_queued(self) -> Job | None:
+        """The oldest queued job of any owner, or None when the queue is empty."""
+        queued = self.in_states(("queued",))
+        return queued[0] if queued else None

@@ -1,0 +1,89 @@
+"""The worker process of one training job: `python -m dreamrelation.jobs.worker --home HOME --job ID`.
+
+The scheduler starts it in its own process group with stdout and stderr going to HOME/jobs/ID/worker.log.
+It trains in this process, continuing from the newest checkpoint of the job's output folder when there is
+one, and records the outcome in the job table. SIGTERM keeps its default action (exit at once): everything
+worth keeping is already on disk as checkpoints, so there is nothing to clean up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from dreamrelation.jobs.store import RUNNING, Job, JobStore
+from dreamrelation.train.checkpoint import latest_checkpoint
+from dreamrelation.train.progress import read_progress
+from dreamrelation.train.trainer import train
+
+_POLL_S = 0.5
+_MAX_ERROR_CHARS = 500
+
+
+def run_job(store: JobStore, job_id: str) -> int:
+    """Train job `job_id` to its end in this process. Returns the exit status: 0 done, 1 failed or not runnable."""
+    job = store.update(
+        job_id, only_from=("queued", "preparing"), state="preparing", pid=os.getpid(), started=time.time()
+    )
+    if job is None:  # cancelled (or taken by another worker) before this process got going
+        print(f"job {job_id} is {store.load(job_id).state}; not training it", flush=True)
+        return 1
+    run = job.run
+    checkpoint = latest_checkpoint(job.output_dir)
+    run = run.model_copy(update={"train": run.train.model_copy(update={"resume": checkpoint is not None})})
+    where = f"resuming from {checkpoint.name}" if checkpoint else "from the start"
+    print(f"job {job.id}: training relation {job.relation!r}, {where}", flush=True)
+
+    finished = threading.Event()
+    threading.Thread(target=_mark_training_on_start, args=(store, job, finished), daemon=True).start()
+    try:
+        result = train(run, show_progress=False)
+    except Exception as error:
+        traceback.print_exc()
+        store.update(job.id, only_from=RUNNING, state="failed", error=_one_line(error), pid=None, finished=time.time())
+        return 1
+    finally:
+        finished.set()
+    store.update(job.id, only_from=RUNNING, state="done", error=None, pid=None, finished=time.time())
+    print(f"job {job.id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
+    return 0
+
+
+def _mark_training_on_start(store: JobStore, job: Job, finished: threading.Event) -> None:
+    """Move the job from preparing to training once the trainer logs this run's "start" record."""
+    progress = job.output_dir / "progress.jsonl"
+    earlier_starts = _count_starts(progress)  # a resumed job's log already holds the earlier runs' records
+    while not finished.wait(_POLL_S):
+        if _count_starts(progress) > earlier_starts:
+            store.update(job.id, only_from=("preparing",), state="training")
+            return
+
+
+def _count_starts(progress: Path) -> int:
+    return sum(record.get("event") == "start" for record in read_progress(progress))
+
+
+def _one_line(error: BaseException) -> str:
+    # The table holds what the user reads; the traceback went to worker.log.
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message[:_MAX_ERROR_CHARS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: parses --home and --job, runs the job, returns the exit status."""
+    parser = argparse.ArgumentParser(description="Run one DreamRelation training job of a job store.")
+    parser.add_argument("--home", type=Path, required=True, help="The app's home folder (holds jobs.sqlite3).")
+    parser.add_argument("--job", required=True, help="The job id.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # e.g. "resumed from ..."
+    return run_job(JobStore(args.home), args.job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Background training jobs: the job table, real worker processes, cancel, and recovery after an app restart."""
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from dreamrelation.config import DataConfig, RunConfig, TrainConfig
+from dreamrelation.jobs import (
+    RUNNING,
+    JobError,
+    JobNotFound,
+    JobScheduler,
+    JobStore,
+    job_status,
+    list_relations,
+)
+from dreamrelation.train.checkpoint import latest_checkpoint
+from dreamrelation.train.progress import ProgressLog, read_progress
+
+from helpers import write_two_subject_dataset
+
+CLIP = dict(num_frames=13, height=32, width=32)
+TIMEOUT_S = 180  # generous: a worker imports torch and trains on a shared, busy CPU
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_two_subject_dataset(tmp_path_factory.mktemp("data"), num_videos=2, **CLIP)
+
+
+@pytest.fixture()
+def make_run(model_config, dataset_dir, tmp_path):
+    """Build a tiny-model RunConfig with the given train settings (the store replaces its output_dir)."""
+
+    def make(data_dir=dataset_dir, **train):
+        data = DataConfig(data_dir=data_dir, **CLIP)
+        return RunConfig(model=model_config, data=data, train=TrainConfig(output_dir=tmp_path, **train))
+
+    return make
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return JobStore(tmp_path / "home")
+
+
+@pytest.fixture()
+def schedulers(store):
+    """Start schedulers on `store`; afterwards stop them and kill every process group a test left running."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    started = []
+
+    def start(**options):
+        scheduler = JobScheduler(store, poll_s=0.1, **options)
+        scheduler.start()
+        started.append(scheduler)
+        return scheduler
+
+    yield start
+    for scheduler in started:
+        scheduler.stop()
+    leftovers = [child for child in me.children() if child.pid not in before]
+    for child in leftovers:  # workers lead their own process groups
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    psutil.wait_procs(leftovers, timeout=10)
+
+
+def wait_for(condition, what: str):
+    """Poll `condition` until it returns something true, which is returned; fail after TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_state(store, job, state):
+    try:
+        return wait_for(lambda: (found := store.load(job.id)).state == state and found, f"job {job.id} {state}")
+    except AssertionError as error:
+        log = job.log_path.read_text() if job.log_path.exists() else "(no log)"
+        raise AssertionError(f"{error}; it is {store.load(job.id).state}; worker.log:\n{log}") from None
+
+
+def group_members(group: int) -> list[int]:
+    """Live processes of a process group, found independently of the scheduler's own bookkeeping."""
+    members = []
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+    return members
+
+
+# The job table.
+
+
+def test_store_creates_lists_and_updates_jobs(store, make_run):
+    run = make_run(steps=3)
+    first = store.create("alice", "  shaking hands ", run)
+    assert (first.state, first.relation, first.pid, first.error, first.attempts) == (
+        "queued", "shaking hands", None, None, 0
+    )
+    assert first.output_dir == store.home / "jobs" / first.id / "output"
+    assert first.run.train.output_dir == first.output_dir and first.run.train.steps == 3
+    assert first.log_path == store.home / "jobs" / first.id / "worker.log"
+    second = store.create("alice", "hugging", run)
+    assert [job.id for job in store.list("alice")] == [second.id, first.id]  # newest first
+
+    done = store.update(first.id, state="done", finished=123.0)
+    assert (done.state, done.finished) == ("done", 123.0) and store.get(first.id, "alice") == done
+    assert [job.id for job in store.list("alice", states=["done"])] == [first.id]
+    # Compare-and-set: nothing changes when the state is not the expected one.
+    assert store.update(first.id, only_from=["queued"], state="failed") is None
+    assert store.get(first.id, "alice").state == "done"
+
+    with pytest.raises(JobError, match="name"):
+        store.create("alice", "   ", run)
+    with pytest.raises(ValueError, match="unknown state"):
+        store.update(first.id, state="paused")
+    with pytest.raises(JobNotFound):
+        store.update("0badc0de", state="done")
+
+
+def test_owners_see_only_their_own_jobs(store, make_run):
+    job = store.create("alice", "hugging", make_run())
+    with pytest.raises(JobNotFound) as someone_elses:
+        store.get(job.id, "bob")
+    with pytest.raises(JobNotFound) as unknown:
+        store.get("0badc0de", "bob")
+    assert str(someone_elses.value) == str(unknown.value).replace("0badc0de", job.id)
+    assert store.list("bob") == []
+    with pytest.raises(JobNotFound):
+        job_status(store, job.id, "bob")
+    assert list_relations(store, "bob") == []
+
+
+def test_the_queue_is_first_in_first_out(store, make_run):
+    jobs = [store.create("alice" if i % 2 else "bob", f"relation {i}", make_run()) for i in range(3)]
+    assert [store.queue_position(job.id) for job in jobs] == [1, 2, 3]
+    assert store.next_queued() == jobs[0]
+    store.update(jobs[0].id, state="preparing")
+    assert [store.queue_position(job.id) for job in jobs] == [None, 1, 2]
+    assert store.next_queued() == jobs[1]
+    assert job_status(store, jobs[2].id, "bob").queue_position == 2
+
+
+def test_the_database_is_in_wal_mode_and_takes_writers_from_many_threads(store, make_run):
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    run, errors = make_run(), []
+
+    def create_some():
+        try:
+            for _ in range(10):
+                store.update(store.create("alice", "r", run).id, state="cancelled")
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=create_some) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(store.list("alice", states=["cancelled"])) == 40
+
+
+# Scheduling decisions without processes.
+
+
+def test_reconcile_requeues_a_job_whose_worker_is_gone_and_fails_it_on_the_third_death(store, make_run):
+    scheduler = JobScheduler(store)  # not started: reconcile is called by hand
+    job = store.create("alice", "hugging", make_run())
+    # A pid that is alive but is no worker of this job (as when a pid is reused after a reboot).
+    store.update(job.id, state="training", pid=os.getpid())
+    assert [j.id for j in scheduler.reconcile()] == [job.id]
+    requeued = store.get(job.id, "alice")
+    assert (requeued.state, requeued.attempts, requeued.pid, requeued.error) == ("queued", 1, None, None)
+    assert "queued again to continue from the start (try 2 of 3)" in job.log_path.read_text()
+
+    store.update(job.id, state="preparing", pid=None, attempts=2)
+    scheduler.reconcile()
+    failed = store.get(job.id, "alice")
+    assert (failed.state, failed.attempts) == ("failed", 3) and "3 times" in failed.error
+    assert store.in_states(RUNNING) == [] and scheduler.reconcile() == []
+
+
+def test_resume_requeues_a_failed_job_only_when_it_has_a_checkpoint(store, make_run):
+    scheduler = JobScheduler(store)
+    job = store.create("alice", "hugging", make_run())
+    with pytest.raises(JobError, match="is queued; only a failed or cancelled job"):
+        scheduler.resume(job.id, "alice")
+    store.update(job.id, state="failed", error="boom", attempts=3, finished=1.0)
+    with pytest.raises(JobError, match="no checkpoint"):
+        scheduler.resume(job.id, "alice")
+    (job.output_dir / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (job.output_dir / "checkpoints" / "step-0000002" / "state.pt").write_bytes(b"")
+    with pytest.raises(JobNotFound):
+        scheduler.resume(job.id, "bob")
+    resumed = scheduler.resume(job.id, "alice")
+    assert (resumed.state, resumed.error, resumed.attempts, resumed.finished) == ("queued", None, 0, None)
+
+
+def test_status_follows_progress_through_a_resume_with_samples_and_log(store, make_run):
+    job = store.create("alice", "hugging", make_run(steps=4))
+    store.update(job.id, state="training")
+    progress = ProgressLog(job.output_dir / "progress.jsonl")
+    progress.write(event="start", step=0, steps=4, clips=2)
+    for step in (1, 2, 3):
+        progress.write(step=step, steps=4, mode="relation", loss=float(step), loss_rec=float(step), lr=1e-4, eta_s=9.0)
+    progress.write(event="start", step=2, steps=4, clips=2)  # resumed from the step-2 checkpoint: step 3 again
+    progress.write(step=3, steps=4, mode="relation", loss=5.0, loss_rec=4.0, loss_rcl=100.0, lr=1e-4, eta_s=0.5)
+    for step in (2, 3):
+        (job.output_dir / "samples").mkdir(exist_ok=True)
+        (job.output_dir / "samples" / f"step-{step:07d}.mp4").write_bytes(b"")
+    job.log_path.write_text("".join(f"line {i}\n" for i in range(30)))
+
+    status = job_status(store, job.id, "alice")
+    assert (status.state, status.relation, status.queue_position) == ("training", "hugging", None)
+    assert (status.step, status.steps, status.fraction, status.eta_s) == (3, 4, 0.75, 0.5)
+    assert status.losses == {"loss": 5.0, "loss_rec": 4.0, "loss_rcl": 100.0}
+    assert status.loss_history == {
+        "loss": [(1, 1.0), (2, 2.0), (3, 5.0)],
+        "loss_rec": [(1, 1.0), (2, 2.0), (3, 4.0)],
+        "loss_rcl": [(3, 100.0)],
+    }
+    assert status.sample_video == job.output_dir / "samples" / "step-0000003.mp4"
+    assert status.lora_path is None and status.log_tail == [f"line {i}" for i in range(10, 30)]
+    as_json = json.loads(json.dumps(status.to_dict()))
+    assert as_json["loss_history"]["loss_rcl"] == [[3, 100.0]] and as_json["sample_video"].endswith(".mp4")
+
+
+# Real worker processes.
+
+
+def test_a_job_trains_to_done_in_a_worker_process(store, schedulers, make_run):
+    scheduler = schedulers()
+    job = scheduler.submit("alice", "approaching", make_run(steps=4, checkpoint_every=2))
+    done = wait_for_state(store, job, "done")
+    assert done.pid is None and done.error is None and done.finished >= done.started >= done.created
+
+    status = job_status(store, job.id, "alice")
+    assert (status.state, status.step, status.steps, status.fraction) == ("done", 4, 4, 1.0)
+    assert status.lora_path == job.output_dir / "relation_lora.safetensors" and status.lora_path.exists()
+    assert [step for step, _ in status.loss_history["loss"]] == [1, 2, 3, 4]
+    assert {"loss", "loss_rec"} <= status.losses.keys() and "loss_rcl" in status.loss_history
+    assert any(f"job {job.id}: done" in line for line in status.log_tail)
+    assert json.loads(json.dumps(status.to_dict()))["lora_path"] == str(status.lora_path)
+
+    relations = list_relations(store, "alice")
+    assert [(r.job_id, r.relation, r.lora_path, r.steps) for r in relations] == [
+        (job.id, "approaching", status.lora_path, 4)
+    ]
+    assert scheduler.training_running() is None
+    with pytest.raises(JobError, match=rf"job {job.id} has already finished \(done\); nothing to cancel"):
+        scheduler.cancel(job.id, "alice")
+    assert store.get(job.id, "alice") == done
+
+
+def test_a_training_error_fails_the_job_with_one_line_and_logs_the_traceback(store, schedulers, make_run, tmp_path):
+    scheduler = schedulers()
+    job = scheduler.submit("alice", "approaching", make_run(data_dir=tmp_path / "missing", steps=2))
+    failed = wait_for_state(store, job, "failed")
+    assert "dataset folder not found" in failed.error and "\n" not in failed.error
+    assert "Traceback" in job.log_path.read_text()
+    assert list_relations(store, "alice") == []
+
+
+def test_cancel_stops_the_whole_process_group_of_a_running_job(store, schedulers, make_run, tmp_path):
+    # A "python" that leaves a helper process in the worker's group, as a data loader or encoder would.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nsleep 600 &\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    scheduler = schedulers(python=str(python))
+    job = scheduler.submit("alice", "approaching", make_run(steps=100_000, checkpoint_every=100_000))
+    waiting = scheduler.submit("bob", "hugging", make_run())
+    training = wait_for_state(store, job, "training")
+    assert scheduler.training_running() == training
+    assert job_status(store, waiting.id, "bob").queue_position == 1  # one training job at a time
+    assert len(group_members(training.pid)) == 2  # the worker and its helper
+    with pytest.raises(JobNotFound):
+        scheduler.cancel(waiting.id, "alice")
+    assert scheduler.cancel(waiting.id, "bob").state == "cancelled"  # a queued job just leaves the queue
+    assert store.queue_position(waiting.id) is None and not waiting.job_dir.exists()
+
+    cancelled = scheduler.cancel(job.id, "alice")
+    assert (cancelled.state, cancelled.pid) == ("cancelled", None)
+    assert group_members(training.pid) == []
+    with pytest.raises(JobError, match=r"has already finished \(cancelled\); nothing to cancel"):
+        scheduler.cancel(job.id, "alice")
+    assert store.get(job.id, "alice") == cancelled
+    with pytest.raises(JobNotFound):
+        scheduler.cancel("0badc0de", "alice")
+    assert not waiting.job_dir.exists()  # it never started
+    with pytest.raises(JobError, match="no checkpoint"):
+        scheduler.resume(job.id, "alice")
+
+
+def test_a_killed_worker_is_resumed_from_its_checkpoint_after_an_app_restart(store, schedulers, make_run):
+    first = schedulers()
+    job = first.submit("alice", "approaching", make_run(steps=40, checkpoint_every=2))
+    progress = job.output_dir / "progress.jsonl"
+
+    def past_a_checkpoint():
+        steps = [record["step"] for record in read_progress(progress) if "loss" in record]
+        checkpoint = latest_checkpoint(job.output_dir)
+        past = checkpoint is not None and steps[-1] > int(checkpoint.name.split("-")[1])
+        return past and store.load(job.id).state == "training"  # the worker notes "training" within 0.5 s
+
+    wait_for(past_a_checkpoint, "a step past a checkpoint")
+    first.stop()  # the app goes away; its worker trains on
+    running = store.get(job.id, "alice")
+    assert running.state == "training"
+    assert JobScheduler(store).reconcile() == []  # a new app adopts a live worker
+    assert store.get(job.id, "alice") == running
+
+    os.killpg(running.pid, signal.SIGKILL)  # then the worker dies too (out of memory, a reboot)
+    wait_for(lambda: not group_members(running.pid), "the worker to be gone")
+    schedulers()  # the app starts again
+    done = wait_for_state(store, job, "done")
+
+    starts = [record for record in read_progress(progress) if record.get("event") == "start"]
+    assert len(starts) == 2 and starts[1]["step"] > 0
+    assert done.attempts == 1 and (job.output_dir / "relation_lora.safetensors").exists()
+    assert store.in_states(RUNNING) == []
+    status = job_status(store, job.id, "alice")
+    assert [step for step, _ in status.loss_history["loss"]] == list(range(1, 41))  # the redone steps once
+    assert any("queued again to continue from step-" in line for line in status.log_tail)
