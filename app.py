@@ -1,14 +1,51 @@
-"""DreamRelation Studio web app (entry point).
+"""DreamRelation Studio web app: upload relation videos → masks → background training → generation.
 
-Until the full app lands (masks, background training jobs, gallery), this serves a working generation page:
-pick a base model and a trained relation LoRA folder, type a prompt, get a video. It honours
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (as Spaces sets them) and DREAMRELATION_MODEL (default: the
-embedded toy model when present, else tiny-random).
+    python app.py [--model toy] [--home DIR] [--auth user:password] [--mcp]
+
+Serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (127.0.0.1:7860 by default; Spaces sets both), keeps its
+data under --home (DREAMRELATION_HOME, else /data/dreamrelation on a Space with storage, else ./data) and
+generates with --model (DREAMRELATION_MODEL, else the embedded toy model). The API page lists the named
+endpoints gradio_client calls; --mcp serves the same endpoints to MCP clients.
 """
 
-import os
+from __future__ import annotations
 
-from ui.generate_page import build_demo
+import argparse
+import os
+from pathlib import Path
+
+from dreamrelation.config import ModelConfig
+from dreamrelation.models import default_model_name
+from dreamrelation.studio import Studio, default_home
+from ui.layout import build_demo
+
+MAX_UPLOAD = "500mb"  # per file; IngestConfig.max_file_mb checks the same limit with a clearer message
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("DREAMRELATION_MODEL") or default_model_name(),
+                        help="Base model: 'toy', 'mochi-1', 'tiny-random', a Hub id or a pipeline folder.")
+    parser.add_argument("--home", type=Path, default=None, help="Data directory (default: see above).")
+    parser.add_argument("--auth", help="'user:password' to require a login (self-hosting).")
+    parser.add_argument("--mcp", action="store_true", help="Also serve the endpoints as an MCP server.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    home = args.home or default_home()
+    studio = Studio(home, ModelConfig(name=args.model))
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    build_demo(studio).queue(default_concurrency_limit=4).launch(
+        auth=auth,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(studio.workspace.home)],
+        mcp_server=args.mcp,
+        theme="soft",
+        show_error=True,
+    )
+
 
 if __name__ == "__main__":
-    build_demo(default_model=os.environ.get("DREAMRELATION_MODEL")).launch()
+    main()

@@ -198,7 +198,7 @@ class GenerateConfig(_Settings):
     fuse_lora: bool = Field(False, description="Fuse the LoRA into the weights (faster steps).")
     cpu_offload: bool = Field(False, description="Model CPU offload (GPU memory saver).")
     vae_tiling: bool = Field(False, description="Decode in tiles (GPU memory saver).")
-    fps: int = Field(30, ge=1, description="Frame rate of the written mp4.")
+    fps: int | None = Field(None, ge=1, description="Frame rate of the written mp4; None: the model's.")
 
     @model_validator(mode="after")
     def _check(self):

@@ -104,4 +104,4 @@ def generate(
     if config.vae_tiling:
         loaded.pipe.vae.enable_tiling()
     frames = render(loaded, config)
-    return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps))
+    return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps or loaded.defaults.fps))

@@ -1,21 +1,179 @@
-"""The placeholder app builds and its generate callback works through the library."""
+"""The app through its public API: a live `python app.py` server driven by gradio_client, as a user's script would.
 
-import gradio as gr
+One server (tiny-random model, a fresh data directory) serves every test of this module; each test opens
+its own clients, i.e. its own sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
-from ui.generate_page import _generate, build_demo
+from dreamrelation.data.video import probe_video
+from dreamrelation.toyworld.dataset import write_relation_dataset
+from dreamrelation.toyworld.world import sample_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
+                lambda_contrastive=0.01, num_frames=None, height=None, width=None)
 
 
-def test_demo_builds_with_a_named_generate_endpoint():
-    demo = build_demo("tiny-random")
-    assert any(dep.api_name == "generate" for dep in demo.fns.values())
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_generate_callback_writes_a_video_and_reports_bad_input(cache_dir, monkeypatch):
-    monkeypatch.setenv("DREAMRELATION_CACHE", str(cache_dir))
-    path = _generate("tiny-random", "", "A dog is chasing a cat.", 0, 2, 7, "64x64")
-    assert path.endswith(".mp4")
-    with pytest.raises(gr.Error, match="prompt is empty"):
-        _generate("tiny-random", "", "  ", 0, 2, 7, "64x64")
-    with pytest.raises(gr.Error, match="no relation LoRA"):
-        _generate("tiny-random", "/no/such/lora", "A dog.", 0, 2, 7, "64x64")
+def start_app(home: Path, cache_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    """`python app.py` on the tiny model, serving on 127.0.0.1:port; returns once the page answers."""
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "DREAMRELATION_HOME": str(home), "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "app.py", "--model", "tiny-random"], cwd=REPO, env=env,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"app exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("app did not start in 120 s")
+
+
+def stop_app(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, 9)
+    server.wait()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, cache_dir):
+    """(url, home) of a live app."""
+    home = tmp_path_factory.mktemp("home")
+    port = _free_port()
+    server = start_app(home, cache_dir, port, home.parent / "app.log")
+    yield f"http://127.0.0.1:{port}/", home
+    stop_app(server)
+    # Workers of jobs still running belong to their own process groups.
+    subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
+
+
+@pytest.fixture(scope="module")
+def relation_videos(tmp_path_factory) -> list[Path]:
+    """Two Shapes World videos of 'orbits' (13 frames at 64x64, the tiny model's clip) with captions beside."""
+    root = tmp_path_factory.mktemp("uploads")
+    write_relation_dataset(root, sample_scenes(2, seed=3, relations=("orbits",)), 13, 64, 64)
+    return sorted(root.glob("*.mp4"))
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _captions(videos):
+    return "\n".join(v.with_suffix(".txt").read_text().strip() for v in videos)
+
+
+def _train(client, videos) -> str:
+    from gradio_client import handle_file
+
+    dataset_id, summary, overlays, _ = client.predict(
+        [handle_file(str(v)) for v in videos], _captions(videos), "orbits", "", "basic", api_name="/create_masks"
+    )
+    assert "basic" in summary and len(overlays) == len(videos)
+    return client.predict(dataset_id, "quick", *SETTINGS.values(), api_name="/start_training")
+
+
+def _follow(client, job_id) -> list[dict]:
+    job = client.submit(job_id, api_name="/job_status")
+    updates = list(job)
+    assert job.status().success is not False
+    return updates
+
+
+def test_upload_masks_train_follow_generate(app_server, relation_videos):
+    url, _ = app_server
+    client = _client(url)
+    job_id = _train(client, relation_videos)
+    updates = _follow(client, job_id)
+    assert updates[-1]["state"] == "done" and updates[-1]["step"] == SETTINGS["steps"]
+    relations = client.predict(api_name="/list_relations")
+    assert [r["job_id"] for r in relations] == [job_id]
+
+    video = client.predict(job_id, "A red circle orbits a blue square.", "", 0, 2, 6.0, 7, 1.0, api_name="/generate")
+    path = video["video"] if isinstance(video, dict) else video
+    info = probe_video(Path(path))
+    assert (info.num_frames, info.width, info.height) == (7, 64, 64)
+    lora, settings = client.predict(job_id, api_name="/download_relation")
+    assert Path(lora).name == "relation_lora.safetensors" and Path(settings).name == "config.yaml"
+
+
+def test_another_session_cannot_see_or_touch_a_job(app_server, relation_videos):
+    from gradio_client.exceptions import AppError
+
+    url, _ = app_server
+    owner, stranger = _client(url), _client(url)
+    job_id = _train(owner, relation_videos)
+    _follow(owner, job_id)
+    assert stranger.predict(api_name="/list_relations") == []
+    for api_name, args in (("/job_status", (job_id,)), ("/cancel_job", (job_id,)), ("/resume_job", (job_id,)),
+                           ("/download_relation", (job_id,))):
+        with pytest.raises(AppError, match="not found"):
+            stranger.predict(*args, api_name=api_name)
+    with pytest.raises(AppError, match="not found"):
+        stranger.predict(job_id, "A red circle orbits a blue square.", "", 0, 2, 6.0, 7, 1.0, api_name="/generate")
+    assert owner.predict(job_id, api_name="/job_status")["state"] == "done"
+
+
+def _tree(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "jobs.sqlite3" not in p.name)
+
+
+def test_bad_input_gets_a_clear_message_and_changes_nothing(app_server, relation_videos, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    url, home = app_server
+    client = _client(url)
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("this is text, not a video")
+    many = []
+    for index in range(31):
+        many.append(tmp_path / f"clip {index} é.mp4")
+        shutil.copy(relation_videos[0], many[-1])
+    before = _tree(home)
+    cases = [
+        ("/create_masks", ([handle_file(str(not_a_video))], "A red circle orbits a blue square.", "orbits", "", "basic"),
+         "no usable video"),
+        ("/create_masks", ([handle_file(str(p)) for p in many], "A red circle orbits a blue square.", "orbits", "",
+                           "basic"), "at most 30"),
+        ("/create_masks", ([handle_file(str(relation_videos[0]))], "", "orbits", "", "basic"), "caption"),
+        ("/generate", ("base", "   ", "", 0, 2, 6.0, 7, 1.0), "prompt is empty"),
+        ("/job_status", ("no-such-job",), "not found"),
+        ("/cancel_job", ("no-such-job",), "not found"),
+        ("/start_training", ("no-such-dataset", "quick", *SETTINGS.values()), "not found"),
+    ]
+    for api_name, args, message in cases:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name=api_name)
+    assert _tree(home) == before
+
+    job_id = _train(client, relation_videos)
+    _follow(client, job_id)
+    with pytest.raises(AppError, match="already finished"):
+        client.predict(job_id, api_name="/cancel_job")
+    assert client.predict(job_id, api_name="/job_status")["state"] == "done"

@@ -20,6 +20,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
 
 
+def default_model_name() -> str:
+    """The embedded toy model when this checkout has it, else the tiny random one."""
+    return "toy" if (TOY_MODEL_DIR / "model_index.json").exists() else "tiny-random"
+
+
 class ModelLoadError(RuntimeError):
     """The base model cannot be found or loaded; the message says how to provide it."""
 

@@ -1,0 +1,74 @@
+"""Generation in the app process: one base pipeline kept loaded, a relation LoRA put on it per request.
+
+Requests run one at a time (a lock): the pipeline is shared, and a LoRA loaded for one request is unloaded
+before the next, so relations never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamrelation.config import GenerateConfig, ModelConfig
+from dreamrelation.models import LoadedModel, load_model
+
+
+@dataclass
+class GenerationRecord:
+    """A generated video and the settings that made it (saved beside it as JSON)."""
+
+    video: Path
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return {"video": str(self.video), "settings": self.settings}
+
+
+class Generator:
+    """Keeps the base model of `model` loaded (on first use) and renders requests with optional LoRAs."""
+
+    def __init__(self, model: ModelConfig):
+        self.model = model
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def loaded(self) -> LoadedModel:
+        """The loaded base model (loaded once)."""
+        if self._loaded is None:
+            self._loaded = load_model(self.model)
+        return self._loaded
+
+    def generate(self, lora_file: Path | None, request: GenerateConfig, folder: Path, relation: dict) -> GenerationRecord:
+        """Render `request` with the LoRA (None: base model) into the next NNNN.mp4 of `folder`.
+
+        `relation` (JSON-ready: which relation, by id and name) is saved with the request's settings.
+        Returns the record. The LoRA is never fused: the pipeline outlives the request.
+        """
+        from dreamrelation.generate import generate
+
+        request = request.model_copy(update={"fuse_lora": False})
+        with self._lock:
+            loaded = self.loaded()
+            number = len(list(folder.glob("*.mp4")))
+            output = folder / f"{number:04d}.mp4"
+            try:
+                generate(self.model, lora_file, request, output, loaded=loaded)
+            finally:
+                if lora_file is not None:
+                    loaded.pipe.unload_lora_weights()
+        settings = {**relation, **request.model_dump(mode="json"), "created": time.time()}
+        output.with_suffix(".json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        return GenerationRecord(output, settings)
+
+
+def gallery(folder: Path) -> list[GenerationRecord]:
+    """The generations saved in `folder`, newest first."""
+    records = []
+    for settings_file in sorted(folder.glob("*.json"), reverse=True):
+        video = settings_file.with_suffix(".mp4")
+        if video.exists():
+            records.append(GenerationRecord(video, json.loads(settings_file.read_text(encoding="utf-8"))))
+    return records

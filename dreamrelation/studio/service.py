@@ -1,0 +1,181 @@
+"""`Studio`: every action of the app for one owner, over the workspace, the job scheduler and the generator."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+from dreamrelation.config import GenerateConfig, MasksConfig, ModelConfig
+from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
+from dreamrelation.jobs.status import TrainedRelation
+from dreamrelation.masks.pipeline import Progress
+from dreamrelation.masks.prompts import SubjectPrompt
+from dreamrelation.models import model_clip_defaults, resolve_device
+from dreamrelation.models.base import ClipDefaults
+from dreamrelation.studio import datasets
+from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
+from dreamrelation.studio.training import build_run
+from dreamrelation.studio.workspace import StudioError, Workspace
+
+BASE_MODEL = "base"  # the relation id that means "no LoRA: the base model alone"
+
+
+class Studio:
+    """The app's use cases. Takes the data directory, the base model's ModelConfig and whether to start the
+    job scheduler (one per data directory). Every method takes the owner (a session or user id) and sees
+    only that owner's datasets, jobs and files; errors a user can fix are StudioError/JobError (ValueError)."""
+
+    def __init__(self, home: Path, model: ModelConfig, start_scheduler: bool = True):
+        self.workspace = Workspace(home)
+        self.model = model
+        self.scheduler = JobScheduler(self.workspace.store)
+        self.generator = Generator(model)
+        if start_scheduler:
+            self.scheduler.start()
+
+    @cached_property
+    def clip_defaults(self) -> ClipDefaults:
+        """The clip shape the base model trains and generates at by default."""
+        return model_clip_defaults(self.model)
+
+    @property
+    def on_gpu(self) -> bool:
+        return resolve_device(self.model.device).type == "cuda"
+
+    def describe(self) -> str:
+        """One paragraph (markdown) on the base model, the device and what that means for the user."""
+        d = self.clip_defaults
+        where = (
+            "a GPU: Mochi-size models train in hours, generation takes minutes"
+            if self.on_gpu
+            else "the CPU: only small models such as the embedded toy model are practical; training takes "
+            "minutes, generation seconds"
+        )
+        if os.environ.get("SPACES_ZERO_GPU"):
+            where = "ZeroGPU: a GPU is lent per generation; training needs dedicated GPU hardware (Space settings)"
+        return (
+            f"Base model **{self.model.name}** ({d.num_frames} frames, {d.width}x{d.height}, {d.fps} fps), "
+            f"running on {where}."
+        )
+
+    # Datasets and masks.
+    def create_dataset(
+        self, owner: str, relation: str, uploads: list[Path], captions: str | list[str],
+        subjects: str | None = None, engine: str = "auto", progress: Progress | None = None,
+    ) -> datasets.DatasetReport:
+        """Ingest uploads and make their masks (datasets.create_dataset with the app's settings)."""
+        return datasets.create_dataset(
+            self.workspace, owner, relation, uploads, captions, self.clip_defaults, MasksConfig(engine=engine),
+            subjects, progress,
+        )
+
+    def load_example(self, owner: str, example: str) -> datasets.DatasetReport:
+        """A new dataset with a bundled example's videos and ground-truth masks."""
+        return datasets.copy_example(self.workspace, owner, example)
+
+    def dataset(self, owner: str, dataset_id: str) -> datasets.DatasetReport:
+        return datasets.read_dataset(self.workspace, owner, dataset_id)
+
+    def overlay_frame(self, owner: str, dataset_id: str, video: str, frame: int):
+        """uint8 (H, W, 3): frame `frame` of a video with its masks tinted over it (the frame to click on)."""
+        return datasets.overlay_frame(self.workspace, owner, dataset_id, video, frame)
+
+    def correct_masks(
+        self, owner: str, dataset_id: str, video: str, frame: int, subject: int,
+        points: list[tuple[float, float]], labels: list[int], progress: Progress | None = None,
+    ) -> datasets.DatasetReport:
+        """Add clicked points (label 1 on the subject, 0 not) for subject 0 or 1 on a frame; re-propagate."""
+        try:
+            prompt = SubjectPrompt(subject=subject, frame=frame, points=points, labels=labels)
+        except ValueError as error:
+            raise StudioError(str(error)) from None
+        return datasets.correct_masks(self.workspace, owner, dataset_id, video, prompt, MasksConfig(), progress)
+
+    # Training jobs.
+    def start_training(self, owner: str, dataset_id: str, preset: str = "quick", settings: dict | None = None) -> Job:
+        """Queue a training job on one of the owner's datasets; returns the job (its id is the relation's id)."""
+        report = self.dataset(owner, dataset_id)
+        if not report.ready:
+            raise StudioError(f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")
+        folder = self.workspace.dataset_dir(owner, dataset_id)
+        self._drop_unmasked(folder, report)
+        run = build_run(self.model, folder, preset, settings)
+        return self.scheduler.submit(owner, report.relation, run)
+
+    @staticmethod
+    def _drop_unmasked(folder: Path, report: datasets.DatasetReport) -> None:
+        # The trainer refuses a dataset with a video lacking masks; those videos were flagged to the user.
+        rejected = folder / "without-masks"
+        for video in report.videos:
+            if video.error is not None and video.video.exists():
+                rejected.mkdir(exist_ok=True)
+                video.video.rename(rejected / video.video.name)
+
+    def job_status(self, owner: str, job_id: str) -> JobStatus:
+        return job_status(self.workspace.store, job_id, owner)
+
+    def follow_job(self, owner: str, job_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Iterator[JobStatus]:
+        """Yield the job's status now and at every change (step, state) until it has finished (or timeout)."""
+        started, last = time.monotonic(), None
+        while True:
+            status = self.job_status(owner, job_id)
+            key = (status.state, status.step, status.queue_position)
+            if key != last:
+                yield status
+                last = key
+            if status.state in FINISHED or (timeout_s is not None and time.monotonic() - started > timeout_s):
+                return
+            time.sleep(poll_s)
+
+    def cancel_job(self, owner: str, job_id: str) -> Job:
+        return self.scheduler.cancel(job_id, owner)
+
+    def resume_job(self, owner: str, job_id: str) -> Job:
+        return self.scheduler.resume(job_id, owner)
+
+    def list_jobs(self, owner: str) -> list[Job]:
+        return self.workspace.store.list(owner)
+
+    def list_relations(self, owner: str) -> list[TrainedRelation]:
+        return list_relations(self.workspace.store, owner)
+
+    def relation_files(self, owner: str, job_id: str) -> list[Path]:
+        """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
+        relation = self._relation(owner, job_id)
+        return [relation.lora_path, relation.lora_path.parent / "config.yaml"]
+
+    def _relation(self, owner: str, job_id: str) -> TrainedRelation:
+        for relation in self.list_relations(owner):
+            if relation.job_id == job_id:
+                return relation
+        raise StudioError(f"relation {job_id!r} not found among your trained relations")
+
+    # Generation.
+    def generate(self, owner: str, job_id: str, request: GenerateConfig) -> GenerationRecord:
+        """Generate with one of the owner's relations (or BASE_MODEL); the video joins that relation's gallery.
+
+        On a GPU, generation waits for no training job: it is refused while one trains (the GPU policy).
+        """
+        if self.on_gpu and (running := self.scheduler.training_running()) is not None:
+            raise StudioError(
+                f"the GPU is training a relation ({running.state}); generate once it finishes, or cancel that job"
+            )
+        if job_id == BASE_MODEL:
+            lora, relation = None, {"relation_id": BASE_MODEL, "relation": "base model"}
+        else:
+            trained = self._relation(owner, job_id)
+            lora, relation = trained.lora_path, {"relation_id": job_id, "relation": trained.relation}
+        return self.generator.generate(lora, request, self.workspace.generation_dir(owner, job_id), relation)
+
+    def gallery(self, owner: str, job_id: str) -> list[GenerationRecord]:
+        """The owner's earlier generations with a relation (or BASE_MODEL), newest first."""
+        return gallery(self.workspace.generation_dir(owner, job_id))
+
+    def owns(self, owner: str, path: Path) -> bool:
+        """Whether `path` lies in the owner's files or jobs (what the app may hand to that owner)."""
+        path = Path(path).resolve()
+        roots = [self.workspace.owner_dir(owner)] + [job.job_dir for job in self.list_jobs(owner)]
+        return any(path.is_relative_to(root.resolve()) for root in roots)

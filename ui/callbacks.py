@@ -1,0 +1,228 @@
+"""Gradio callbacks: turn component values into Studio calls and results into component values.
+
+No ML here. Every callback resolves the caller (owner) from the request, and every error a user can fix
+reaches them as a short gr.Error (gradio_client raises it as AppError with the same message).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+from pydantic import ValidationError
+
+from dreamrelation.config import GenerateConfig
+from dreamrelation.studio import Studio
+from dreamrelation.studio.datasets import DatasetReport
+from dreamrelation.studio.service import BASE_MODEL
+from dreamrelation.studio.training import EDITABLE, preset_values
+
+SETTING_NAMES = list(EDITABLE)
+
+try:  # On a ZeroGPU Space a GPU is attached only for the duration of a call decorated with spaces.GPU.
+    from spaces import GPU as on_zero_gpu
+except ImportError:
+    def on_zero_gpu(fn):
+        return fn
+
+
+def owner_of(request: gr.Request | None) -> str:
+    """The logged-in user, else the browser/client session: what scopes every dataset, job and file."""
+    if request is None:
+        raise gr.Error("no session: call this through the app or gradio_client")
+    return f"user:{request.username}" if request.username else f"session:{request.session_hash}"
+
+
+def _message(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
+        )
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def user_errors(fn):
+    """Decorator: a ValueError/OSError/RuntimeError in a callback becomes a one-line gr.Error (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, OSError, RuntimeError) as error:
+            raise gr.Error(_message(error)) from None
+
+    @functools.wraps(fn)
+    def generator_wrapper(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, OSError, RuntimeError) as error:
+            raise gr.Error(_message(error)) from None
+
+    return generator_wrapper if inspect.isgeneratorfunction(fn) else wrapper
+
+
+def _paths(files) -> list[Path]:
+    if not files:
+        return []
+    files = files if isinstance(files, list) else [files]
+    return [Path(f if isinstance(f, str) else f.name) for f in files]
+
+
+def report_outputs(report: DatasetReport):
+    """(dataset id, summary markdown, overlay gallery items, video names) of a dataset report."""
+    lines = [f"**{report.relation}** — dataset `{report.dataset_id}`: {len(report.videos)} video(s)"]
+    engines = {v.engine for v in report.videos if v.engine}
+    notices = {v.notice for v in report.videos if v.notice}
+    if engines:
+        lines.append(f"Masks made with: {', '.join(sorted(engines))}.")
+    lines += [f"> {notice}" for notice in sorted(notices)]
+    for video in report.videos:
+        subjects = " / ".join(video.subjects) if video.subjects else "?"
+        status = f"❌ {video.error}" if video.error else ("⚠️ " + "; ".join(video.flags) if video.flags else "✅ ok")
+        lines.append(f"- `{video.name}` ({subjects}): {status}")
+    lines += [f"- rejected: {line}" for line in report.rejected]
+    if not report.ready:
+        lines.append("No video has masks: training needs at least one.")
+    gallery = [(str(v.overlay), f"{v.name}: {v.caption}") for v in report.videos if v.overlay is not None]
+    names = [v.name for v in report.videos if v.error is None]
+    return report.dataset_id, "\n".join(lines), gallery, gr.update(choices=names, value=names[0] if names else None)
+
+
+def build_callbacks(studio: Studio):
+    """The app's callbacks bound to one Studio, as a namespace of functions (names = API names)."""
+
+    @user_errors
+    def create_masks(videos, captions: str, relation: str, subjects: str, engine: str,
+                     request: gr.Request, progress=gr.Progress()):
+        """Upload relation videos (1-30) with captions (one per line, or one for all) and make subject masks.
+        Returns the dataset id, a summary, the mask overlays and the video names."""
+        report = studio.create_dataset(owner_of(request), relation, _paths(videos), captions or "", subjects or None,
+                                       engine, progress)
+        return report_outputs(report)
+
+    @user_errors
+    def load_example(example: str, request: gr.Request):
+        """Start from a bundled example relation dataset (videos, captions, ground-truth masks)."""
+        return report_outputs(studio.load_example(owner_of(request), example))
+
+    @user_errors
+    def correct_masks(dataset_id: str, video: str, frame: float, subject: str, points: str,
+                      request: gr.Request, progress=gr.Progress()):
+        """Correct one subject: points as JSON [[x, y, label], ...] (label 1 on it, 0 not) on a frame."""
+        parsed = json.loads(points or "[]")
+        if not parsed:
+            raise gr.Error("click the frame to add at least one point first")
+        report = studio.correct_masks(owner_of(request), dataset_id, video, int(frame), 0 if subject.endswith("1") else 1,
+                                      [(float(x), float(y)) for x, y, _ in parsed], [int(l) for _, _, l in parsed],
+                                      progress)
+        return report_outputs(report)
+
+    @user_errors
+    def start_training(request: gr.Request, dataset_id: str, preset: str, *values):
+        """Queue a training job on a dataset with a preset and optional settings; returns the job id."""
+        settings = {name: (None if value in ("", None) else value) for name, value in zip(SETTING_NAMES, values)}
+        for name in ("steps", "rank", "seed", "sample_every", "num_frames", "height", "width"):
+            if settings[name] is not None:
+                settings[name] = int(settings[name])
+        job = studio.start_training(owner_of(request), dataset_id, preset, settings)
+        return job.id
+
+    @user_errors
+    def job_status(job_id: str, request: gr.Request):
+        """Stream the job's status (JSON) until it has finished: state, step, steps, ETA, losses, log tail."""
+        owner = owner_of(request)
+        if not job_id:
+            raise gr.Error("no job id: start a training job first")
+        for status in studio.follow_job(owner, job_id.strip()):
+            yield status.to_dict()
+
+    @user_errors
+    def cancel_job(job_id: str, request: gr.Request):
+        """Cancel a queued or running job; returns its state."""
+        return studio.cancel_job(owner_of(request), job_id.strip()).state
+
+    @user_errors
+    def resume_job(job_id: str, request: gr.Request):
+        """Resume a failed or cancelled job from its newest checkpoint; returns its state."""
+        return studio.resume_job(owner_of(request), job_id.strip()).state
+
+    @user_errors
+    def list_relations(request: gr.Request):
+        """Your trained relations: [{job_id, relation, steps, ...}]."""
+        return [r.to_dict() for r in studio.list_relations(owner_of(request))]
+
+    @user_errors
+    @on_zero_gpu
+    def generate(relation_id: str, prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float,
+                 frames: float, lora_scale: float, request: gr.Request):
+        """Generate a video of a trained relation ('base' for the base model); returns the mp4."""
+        request_config = GenerateConfig(
+            prompt=prompt or "", negative_prompt=negative_prompt or "", seed=int(seed), steps=int(steps),
+            guidance_scale=float(guidance), num_frames=int(frames) if frames else None, lora_scale=float(lora_scale),
+        )
+        record = studio.generate(owner_of(request), (relation_id or BASE_MODEL).strip(), request_config)
+        return str(record.video)
+
+    @user_errors
+    def download_relation(relation_id: str, request: gr.Request):
+        """The relation's LoRA (diffusers .safetensors) and its training settings (config.yaml)."""
+        return [str(p) for p in studio.relation_files(owner_of(request), relation_id.strip())]
+
+    # UI-only helpers (not part of the API).
+    @user_errors
+    def refresh_job(job_id: str, request: gr.Request):
+        if not job_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        status = studio.job_status(owner_of(request), job_id)
+        queue = f", position {status.queue_position} in the queue" if status.queue_position else ""
+        eta = f", about {int(status.eta_s)} s left" if status.eta_s else ""
+        error = f"\n\n**Error:** {status.error}" if status.error else ""
+        summary = f"**{status.relation}** — {status.state}{queue}: step {status.step}/{status.steps}{eta}{error}"
+        rows = [{"step": s, "value": v, "term": term} for term, points in status.loss_history.items() for s, v in points]
+        import pandas as pd
+
+        plot = pd.DataFrame(rows or [{"step": 0, "value": 0.0, "term": "loss"}])
+        sample = str(status.sample_video) if status.sample_video else None
+        return summary, status.fraction, plot, sample, "\n".join(status.log_tail)
+
+    @user_errors
+    def relation_choices(request: gr.Request):
+        relations = studio.list_relations(owner_of(request))
+        choices = [(f"{r.relation} ({r.job_id})", r.job_id) for r in relations] + [("base model (no relation)", BASE_MODEL)]
+        return gr.update(choices=choices, value=choices[0][1])
+
+    @user_errors
+    def relation_gallery(relation_id: str, request: gr.Request):
+        records = studio.gallery(owner_of(request), relation_id or BASE_MODEL)
+        return [(str(r.video), f"{r.settings['prompt']} (seed {r.settings['seed']})") for r in records]
+
+    @user_errors
+    def my_jobs(request: gr.Request):
+        jobs = studio.list_jobs(owner_of(request))
+        return gr.update(choices=[(f"{j.relation} — {j.state} ({j.id})", j.id) for j in jobs])
+
+    def preset_form(preset: str):
+        values = preset_values(preset)
+        return [values[name] for name in SETTING_NAMES]
+
+    @user_errors
+    def show_frame(dataset_id: str, video: str, frame: float, request: gr.Request):
+        if not dataset_id or not video:
+            return None
+        return studio.overlay_frame(owner_of(request), dataset_id, video, int(frame))
+
+    return SimpleNamespace(**{f.__name__: f for f in (
+        create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job,
+        list_relations, generate, download_relation, refresh_job, relation_choices, relation_gallery, my_jobs,
+        preset_form, show_frame,
+    )})

@@ -1,0 +1,154 @@
+"""The app's page: 1 Data & masks → 2 Train → 3 Generate, wired to ui.callbacks. Layout only.
+
+Every component an automated browser test needs has an elem_id; every API endpoint has an api_name and a
+docstring (shown on the app's API page). UI-only events are private (not in the API).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from dreamrelation.studio import Studio
+from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
+from dreamrelation.studio.training import PRESETS, preset_values
+from ui.callbacks import SETTING_NAMES, build_callbacks
+
+VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
+PRIVATE = {"api_visibility": "private"}
+
+
+def _settings_form(defaults: dict) -> list[gr.components.Component]:
+    """The training settings, in SETTING_NAMES order (blank clip sizes = the model's)."""
+    with gr.Row():
+        steps = gr.Number(defaults["steps"], label="Steps", precision=0, elem_id="steps")
+        learning_rate = gr.Number(defaults["learning_rate"], label="Learning rate", elem_id="learning-rate")
+        seed = gr.Number(defaults["seed"], label="Seed", precision=0, elem_id="train-seed")
+        sample_every = gr.Number(defaults["sample_every"], label="Sample every N steps (0: off)", precision=0)
+        rank = gr.Number(defaults["rank"], label="LoRA rank", precision=0, elem_id="rank")
+    with gr.Row():
+        lambda_mask = gr.Number(defaults["lambda_mask"], label="λ_m (hybrid mask weight)", elem_id="lambda-mask")
+        lambda_contrastive = gr.Number(defaults["lambda_contrastive"], label="λ_1 (contrastive weight)")
+        num_frames = gr.Number(None, label="Frames (blank: model's)", precision=0)
+        height = gr.Number(None, label="Height (blank: model's)", precision=0)
+        width = gr.Number(None, label="Width (blank: model's)", precision=0)
+    by_name = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
+                   lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
+                   height=height, width=width)
+    return [by_name[name] for name in SETTING_NAMES]
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    """The Blocks app over a Studio."""
+    cb = build_callbacks(studio)
+    with gr.Blocks(title="DreamRelation Studio") as demo:
+        gr.Markdown("# DreamRelation Studio\nTeach a video model a relation from a few videos, then generate it "
+                    "with new subjects.")
+        gr.Markdown(studio.describe(), elem_id="model-info")
+        dataset_id = gr.Textbox(label="Dataset id", interactive=False, elem_id="dataset-id")
+
+        with gr.Tab("1. Data & masks", elem_id="tab-data"):
+            with gr.Row():
+                with gr.Column():
+                    videos = gr.File(label=f"Relation videos (1–{MAX_VIDEOS})", file_count="multiple",
+                                     file_types=VIDEO_TYPES, elem_id="videos")
+                    relation = gr.Textbox(label="Relation name", placeholder="shaking hands", elem_id="relation")
+                    captions = gr.Textbox(label="Captions: one per video (one per line) or one for all", lines=3,
+                                          placeholder="A person is shaking hands with a person.", elem_id="captions")
+                    subjects = gr.Textbox(label="Subjects (optional, e.g. 'dog, cat'; default: from captions)",
+                                          elem_id="subjects")
+                    engine = gr.Radio(["auto", "sam2", "basic"], value="auto", label="Mask engine", elem_id="engine")
+                    make_masks = gr.Button("Upload and make masks", variant="primary", elem_id="make-masks")
+                    with gr.Row():
+                        example = gr.Dropdown(list_examples(), label="Or start from an example", elem_id="example")
+                        use_example = gr.Button("Load example", elem_id="load-example")
+                with gr.Column():
+                    summary = gr.Markdown(elem_id="masks-summary")
+                    overlays = gr.Gallery(label="Masks (subject 1 red, subject 2 green)", columns=3,
+                                          elem_id="overlays")
+            with gr.Accordion("Correct a subject's mask", open=False):
+                with gr.Row():
+                    video_name = gr.Dropdown([], label="Video", elem_id="correct-video")
+                    frame = gr.Slider(0, 120, value=0, step=1, label="Frame", elem_id="correct-frame")
+                    subject = gr.Radio(["subject 1", "subject 2"], value="subject 1", label="Subject")
+                    label = gr.Radio([("on the subject", 1), ("not the subject", 0)], value=1, label="Click adds")
+                frame_image = gr.Image(label="Click the frame to add points", interactive=False,
+                                       elem_id="correct-image")
+                points = gr.Textbox("[]", label="Points [[x, y, label], ...]", elem_id="correct-points")
+                repropagate = gr.Button("Re-propagate with these points", elem_id="repropagate")
+
+        with gr.Tab("2. Train", elem_id="tab-train"):
+            preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="preset")
+            form = _settings_form(preset_values("quick"))
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", elem_id="start-training")
+                job_id = gr.Textbox(label="Job id", elem_id="job-id")
+                my_jobs = gr.Dropdown([], label="Your jobs", elem_id="my-jobs")
+            with gr.Row():
+                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-job")
+                resume = gr.Button("Resume", elem_id="resume-job")
+                job_state = gr.Textbox(label="Last action", interactive=False, elem_id="job-action")
+            job_summary = gr.Markdown(elem_id="job-summary")
+            progress_bar = gr.Slider(0, 1, value=0, label="Progress", interactive=False, elem_id="job-progress")
+            loss_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms", elem_id="loss-plot")
+            sample_video = gr.Video(label="Latest sample", elem_id="sample-video")
+            log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
+            timer = gr.Timer(1.0)
+
+        with gr.Tab("3. Generate", elem_id="tab-generate"):
+            with gr.Row():
+                relation_pick = gr.Dropdown([], label="Relation", elem_id="relation-pick", allow_custom_value=True)
+                refresh = gr.Button("Refresh relations", elem_id="refresh-relations")
+            prompt = gr.Textbox(label="Prompt", placeholder="A red circle orbits a blue square.", elem_id="prompt")
+            negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed")
+                steps = gr.Slider(2, 100, value=30, step=1, label="Steps", elem_id="gen-steps")
+                guidance = gr.Slider(0, 12, value=6.0, step=0.5, label="CFG", elem_id="gen-cfg")
+                frames = gr.Number(studio.clip_defaults.num_frames, label="Frames (6k+1)", precision=0,
+                                   elem_id="gen-frames")
+                lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale", elem_id="lora-scale")
+            go = gr.Button("Generate", variant="primary", elem_id="generate")
+            result = gr.Video(label="Result", elem_id="result-video")
+            history = gr.Gallery(label="Earlier generations of this relation", columns=4, elem_id="gallery")
+            download = gr.Button("Download the relation LoRA and settings", elem_id="download")
+            files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+
+        # Data & masks.
+        mask_outputs = [dataset_id, summary, overlays, video_name]
+        make_masks.click(cb.create_masks, [videos, captions, relation, subjects, engine], mask_outputs,
+                         api_name="create_masks")
+        use_example.click(cb.load_example, [example], mask_outputs, api_name="load_example")
+        repropagate.click(cb.correct_masks, [dataset_id, video_name, frame, subject, points], mask_outputs,
+                          api_name="correct_masks").then(lambda: "[]", None, points, **PRIVATE)
+        for trigger in (video_name.change, frame.release, overlays.change):
+            trigger(cb.show_frame, [dataset_id, video_name, frame], frame_image, **PRIVATE)
+        frame_image.select(_add_point, [points, label], points, **PRIVATE)
+
+        # Training.
+        preset.change(cb.preset_form, preset, form, **PRIVATE)
+        start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training")
+        status_api = gr.JSON(visible=False)
+        job_id.submit(cb.job_status, job_id, status_api, api_name="job_status")
+        cancel.click(cb.cancel_job, job_id, job_state, api_name="cancel_job")
+        resume.click(cb.resume_job, job_id, job_state, api_name="resume_job")
+        my_jobs.change(lambda picked: picked, my_jobs, job_id, **PRIVATE)
+        timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE)
+        gr.on([start.click, demo.load], cb.my_jobs, None, my_jobs, **PRIVATE)
+
+        # Generation.
+        relations_api = gr.JSON(visible=False)
+        refresh.click(cb.list_relations, None, relations_api, api_name="list_relations")
+        gr.on([refresh.click, demo.load], cb.relation_choices, None, relation_pick, **PRIVATE)
+        go.click(cb.generate, [relation_pick, prompt, negative, seed, steps, guidance, frames, lora_scale], result,
+                 api_name="generate").then(cb.relation_gallery, relation_pick, history, **PRIVATE)
+        relation_pick.change(cb.relation_gallery, relation_pick, history, **PRIVATE)
+        download.click(cb.download_relation, relation_pick, files, api_name="download_relation")
+    return demo
+
+
+def _add_point(points: str, label: int, event: gr.SelectData) -> str:
+    """Append the clicked pixel (x, y) with its label to the points list (JSON)."""
+    import json
+
+    x, y = event.index
+    return json.dumps(json.loads(points or "[]") + [[x, y, int(label)]])
