@@ -275,15 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_loading_bars() -> None:
-    # Loading a pipeline prints one bar per component; the CLI shows its own bars for the long work.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dreamrelation` console script; returns the exit code."""
     from dreamrelation.data.dataset import DatasetError
@@ -293,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.masks.grounding import DetectorUnavailable
     from dreamrelation.masks.sam2 import SegmenterUnavailable
     from dreamrelation.masks.subjects import SubjectError
-    from dreamrelation.models import ModelLoadError
+    from dreamrelation.models import ModelLoadError, quiet_loading_bars
 
     args = build_parser().parse_args(argv)
-    _quiet_loading_bars()
+    quiet_loading_bars()
     try:
         return args.handler(args)
     except ValidationError as error:

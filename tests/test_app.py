@@ -6,13 +6,8 @@ its own clients, i.e. its own sessions.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,49 +15,17 @@ import pytest
 from dreamrelation.data.video import probe_video
 from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
+from app_server import free_port, start_app, stop_app
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
                 lambda_contrastive=0.01, num_frames=None, height=None, width=None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(home: Path, cache_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    """`python app.py` on the tiny model, serving on 127.0.0.1:port; returns once the page answers."""
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "DREAMRELATION_HOME": str(home), "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py", "--model", "tiny-random"], cwd=REPO, env=env,
-                              stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"app exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("app did not start in 120 s")
-
-
-def stop_app(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, 9)
-    server.wait()
 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory, cache_dir):
     """(url, home) of a live app."""
     home = tmp_path_factory.mktemp("home")
-    port = _free_port()
+    port = free_port()
     server = start_app(home, cache_dir, port, home.parent / "app.log")
     yield f"http://127.0.0.1:{port}/", home
     stop_app(server)

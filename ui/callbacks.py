@@ -134,6 +134,8 @@ def build_callbacks(studio: Studio):
         for name in ("steps", "rank", "seed", "sample_every", "num_frames", "height", "width"):
             if settings[name] is not None:
                 settings[name] = int(settings[name])
+        for name in ("num_frames", "height", "width"):  # a blank browser field arrives as 0: the model's default
+            settings[name] = settings[name] or None
         job = studio.start_training(owner_of(request), dataset_id, preset, settings)
         return job.id
 

@@ -28,9 +28,9 @@ def _settings_form(defaults: dict) -> list[gr.components.Component]:
     with gr.Row():
         lambda_mask = gr.Number(defaults["lambda_mask"], label="λ_m (hybrid mask weight)", elem_id="lambda-mask")
         lambda_contrastive = gr.Number(defaults["lambda_contrastive"], label="λ_1 (contrastive weight)")
-        num_frames = gr.Number(None, label="Frames (blank: model's)", precision=0)
-        height = gr.Number(None, label="Height (blank: model's)", precision=0)
-        width = gr.Number(None, label="Width (blank: model's)", precision=0)
+        num_frames = gr.Number(None, label="Frames (0: model's)", precision=0)
+        height = gr.Number(None, label="Height (0: model's)", precision=0)
+        width = gr.Number(None, label="Width (0: model's)", precision=0)
     by_name = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
                    lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
                    height=height, width=width)
@@ -63,7 +63,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         use_example = gr.Button("Load example", elem_id="load-example")
                 with gr.Column():
                     summary = gr.Markdown(elem_id="masks-summary")
-                    overlays = gr.Gallery(label="Masks (subject 1 red, subject 2 green)", columns=3,
+                    overlays = gr.Gallery(label="Masks (subject 1 red, subject 2 green)", columns=3, height=320,
                                           elem_id="overlays")
             with gr.Accordion("Correct a subject's mask", open=False):
                 with gr.Row():
@@ -90,7 +90,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             job_summary = gr.Markdown(elem_id="job-summary")
             progress_bar = gr.Slider(0, 1, value=0, label="Progress", interactive=False, elem_id="job-progress")
             loss_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms", elem_id="loss-plot")
-            sample_video = gr.Video(label="Latest sample", elem_id="sample-video")
+            sample_video = gr.Video(label="Latest sample", height=240, elem_id="sample-video")
             log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
             timer = gr.Timer(1.0)
 
@@ -108,8 +108,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                    elem_id="gen-frames")
                 lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale", elem_id="lora-scale")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
-            result = gr.Video(label="Result", elem_id="result-video")
-            history = gr.Gallery(label="Earlier generations of this relation", columns=4, elem_id="gallery")
+            result = gr.Video(label="Result", height=320, elem_id="result-video")
+            history = gr.Gallery(label="Earlier generations of this relation", columns=4, height=280, elem_id="gallery")
             download = gr.Button("Download the relation LoRA and settings", elem_id="download")
             files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
 
@@ -126,14 +126,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # Training.
         preset.change(cb.preset_form, preset, form, **PRIVATE)
-        start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training")
+        start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training").then(
+            cb.my_jobs, None, my_jobs, **PRIVATE)
         status_api = gr.JSON(visible=False)
         job_id.submit(cb.job_status, job_id, status_api, api_name="job_status")
         cancel.click(cb.cancel_job, job_id, job_state, api_name="cancel_job")
         resume.click(cb.resume_job, job_id, job_state, api_name="resume_job")
         my_jobs.change(lambda picked: picked, my_jobs, job_id, **PRIVATE)
         timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE)
-        gr.on([start.click, demo.load], cb.my_jobs, None, my_jobs, **PRIVATE)
+        demo.load(cb.my_jobs, None, my_jobs, **PRIVATE)
 
         # Generation.
         relations_api = gr.JSON(visible=False)

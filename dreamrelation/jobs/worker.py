@@ -20,6 +20,7 @@ from pathlib import Path
 from dreamrelation.jobs.store import RUNNING, Job, JobStore
 from dreamrelation.train.checkpoint import latest_checkpoint
 from dreamrelation.train.progress import read_progress
+from dreamrelation.models import quiet_loading_bars
 from dreamrelation.train.trainer import train
 
 _POLL_S = 0.5
@@ -43,6 +44,7 @@ def run_job(store: JobStore, job_id: str) -> int:
     finished = threading.Event()
     threading.Thread(target=_mark_training_on_start, args=(store, job, finished), daemon=True).start()
     try:
+        quiet_loading_bars()
         result = train(run, show_progress=False)
     except Exception as error:
         traceback.print_exc()

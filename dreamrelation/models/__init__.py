@@ -20,6 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
 
 
+def quiet_loading_bars() -> None:
+    """Hide the one-bar-per-component output of loading a pipeline (CLI and job logs show their own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def default_model_name() -> str:
     """The embedded toy model when this checkout has it, else the tiny random one."""
     return "toy" if (TOY_MODEL_DIR / "model_index.json").exists() else "tiny-random"

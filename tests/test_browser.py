@@ -1,0 +1,77 @@
+"""A real browser (Debian's chromium, driven by Playwright) through upload → masks → train → generate.
+
+Screenshots of each step go to tests/artifacts/. `make test` installs playwright and chromium when missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app_server import free_port, start_app, stop_app
+from dreamrelation.toyworld.dataset import write_relation_dataset
+from dreamrelation.toyworld.world import sample_scenes
+
+playwright = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
+CHROMIUM = shutil.which("chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+# This network refuses Chromium's background connections: without these it waits on them.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 240_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="make test installs Debian's chromium")
+def test_browser_upload_masks_train_generate(tmp_path, cache_dir):
+    uploads = write_relation_dataset(tmp_path / "uploads", sample_scenes(2, seed=5, relations=("orbits",)), 13, 64, 64)
+    videos = sorted(uploads.glob("*.mp4"))
+    captions = "\n".join(v.with_suffix(".txt").read_text().strip() for v in videos)
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    home = tmp_path / "home"
+    server = start_app(home, cache_dir, port, tmp_path / "app.log")
+    try:
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect = playwright.expect
+
+            # 1. Upload and masks.
+            page.locator("#videos input[type=file]").set_input_files([str(v) for v in videos])
+            page.locator("#relation").get_by_role("textbox").fill("orbits")
+            page.locator("#captions").get_by_role("textbox").fill(captions)
+            page.locator("#engine").get_by_label("basic").check()
+            page.screenshot(path=ARTIFACTS / "1-upload.png", full_page=True)
+            page.locator("#make-masks").click()
+            expect(page.locator("#masks-summary")).to_contain_text("Masks made with: basic", timeout=TIMEOUT_MS)
+            expect(page.locator("#overlays video").first).to_be_attached()
+            page.screenshot(path=ARTIFACTS / "2-masks.png", full_page=True)
+
+            # 2. Train a few steps and watch the job finish.
+            page.get_by_role("tab", name="2. Train").click()
+            page.locator("#steps").get_by_role("spinbutton").fill("4")
+            page.locator("#start-training").click()
+            expect(page.locator("#job-summary")).to_contain_text("done", timeout=TIMEOUT_MS)
+            job_id = page.locator("#job-id").get_by_role("textbox").input_value()
+            page.screenshot(path=ARTIFACTS / "3-train.png", full_page=True)
+
+            # 3. Generate with the new relation.
+            page.get_by_role("tab", name="3. Generate").click()
+            page.locator("#refresh-relations").click()
+            expect(page.locator("#relation-pick input")).to_have_value(re.compile(job_id))
+            page.locator("#prompt").get_by_role("textbox").fill("A red circle orbits a blue square.")
+            page.locator("#gen-steps").get_by_role("spinbutton").fill("2")
+            page.locator("#gen-frames").get_by_role("spinbutton").fill("7")
+            page.locator("#generate").click()
+            expect(page.locator("#result-video video")).to_be_attached(timeout=TIMEOUT_MS)
+            expect(page.locator("#gallery video").first).to_be_attached()
+            page.screenshot(path=ARTIFACTS / "4-generate.png", full_page=True)
+            browser.close()
+    finally:
+        stop_app(server)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
