@@ -1,0 +1,55 @@
+"""benchmarks/relation_eval.py --quick runs end to end and reports every row and column (not the numbers)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_eval.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("relation_eval", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
+    script = load_script()
+    out = tmp_path / "results.json"
+    argv = ["--quick", "--model", "tiny-random", "--device", "cpu", "--masks", "both", "--cache-dir", str(cache_dir),
+            "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    script.main(argv)
+    table = capsys.readouterr().out
+
+    # Every (row, masks) pair: the mask-free rows once, the others once per mask source.
+    expected = [(row.name, masks) for row in script.ROWS.values()
+                for masks in (script.MASK_SOURCES if row.uses_masks else ("-",))]
+    results = json.loads(out.read_text())
+    assert [(r["row"], r["masks"]) for r in results["rows"]] == expected
+    relations = results["settings"]["relations"]
+    assert relations == ["orbits", "jumps_over"]
+    for row in results["rows"]:
+        metrics = row["metrics"]
+        for column in results["columns"]:
+            assert set(metrics[column]) == {"mean", "spread", "per_seed"} and len(metrics[column]["per_seed"]) == 1
+        assert set(metrics["relation_accuracy_by_relation"]) == set(relations)
+        assert metrics["videos"] == len(row["videos"]) == 2 * len(relations)
+        assert all(set(v) >= {"prompt", "verdict", "relation_ok", "appearance_ok", "leak"} for v in row["videos"])
+    for info in results["exemplars"].values():
+        # Prompts name subjects the exemplars never show.
+        assert all("red" not in p and "blue" not in p and "square" not in p for p in info["prompts"])
+        assert info["basic_mask_quality"]["videos"] == 3
+
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| row |"))
+    for column in ("masks", "relation acc. (roles)", "rel. acc. orbits", "rel. acc. jumps_over", "appearance acc.",
+                   "appearance leak", "videos"):
+        assert f"| {column} |" in header
+    body = [line for line in lines if line.startswith("| ") and line != header]
+    assert [(cells[0], cells[1]) for cells in (line.strip("| ").split(" | ") for line in body)] == [
+        (script.ROWS[name].label, masks) for name, masks in expected
+    ]
+    assert all(line.count("±") == 5 for line in body)
