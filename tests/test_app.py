@@ -140,3 +140,32 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(app_server, relation
     with pytest.raises(AppError, match="already finished"):
         client.predict(job_id, api_name="/cancel_job")
     assert client.predict(job_id, api_name="/job_status")["state"] == "done"
+
+
+def _latency_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "app_latency.py"
+    spec = importlib.util.spec_from_file_location("app_latency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_twenty_clients_poll_for_a_minute_while_training_without_an_error(tmp_path, cache_dir, relation_videos):
+    bench = _latency_benchmark()
+    port = free_port()
+    server = start_app(tmp_path / "home", cache_dir, port, tmp_path / "app.log", ["--auth", ":".join(bench.AUTH)])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        finished = bench.train_job(url, relation_videos, 4, wait=True)
+        running = bench.train_job(url, relation_videos, 100_000, wait=False)
+        bench.wait_until_training(url, running)
+        results = bench.poll(url, finished, seconds=60, clients=20)
+        assert bench.client(url).predict(running, api_name="/cancel_job") == "cancelled"
+    finally:
+        stop_app(server)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--home {tmp_path / 'home'}"], check=False)
+    assert set(results) == {"/job_status", "/list_relations"}
+    for result in results.values():
+        assert result["errors"] == [] and len(result["latencies"]) > 20

@@ -15,6 +15,8 @@ from ui.callbacks import SETTING_NAMES, build_callbacks
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
 PRIVATE = {"api_visibility": "private"}
+# Reads of the job table and files: never queued behind masks or generation (a status stream lasts a whole job).
+LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
 
 
 def _settings_form(defaults: dict) -> list[gr.components.Component]:
@@ -129,19 +131,20 @@ def build_demo(studio: Studio) -> gr.Blocks:
         start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training").then(
             cb.my_jobs, None, my_jobs, **PRIVATE)
         status_api = gr.JSON(visible=False)
-        job_id.submit(cb.job_status, job_id, status_api, api_name="job_status")
-        cancel.click(cb.cancel_job, job_id, job_state, api_name="cancel_job")
-        resume.click(cb.resume_job, job_id, job_state, api_name="resume_job")
+        job_id.submit(cb.job_status, job_id, status_api, api_name="job_status", **LIGHT)
+        cancel.click(cb.cancel_job, job_id, job_state, api_name="cancel_job", **LIGHT)
+        resume.click(cb.resume_job, job_id, job_state, api_name="resume_job", **LIGHT)
         my_jobs.change(lambda picked: picked, my_jobs, job_id, **PRIVATE)
-        timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE)
+        timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE,
+                   **LIGHT)
         demo.load(cb.my_jobs, None, my_jobs, **PRIVATE)
 
         # Generation.
         relations_api = gr.JSON(visible=False)
-        refresh.click(cb.list_relations, None, relations_api, api_name="list_relations")
+        refresh.click(cb.list_relations, None, relations_api, api_name="list_relations", **LIGHT)
         gr.on([refresh.click, demo.load], cb.relation_choices, None, relation_pick, **PRIVATE)
         go.click(cb.generate, [relation_pick, prompt, negative, seed, steps, guidance, frames, lora_scale], result,
-                 api_name="generate").then(cb.relation_gallery, relation_pick, history, **PRIVATE)
+                 api_name="generate", concurrency_limit=1).then(cb.relation_gallery, relation_pick, history, **PRIVATE)
         relation_pick.change(cb.relation_gallery, relation_pick, history, **PRIVATE)
         download.click(cb.download_relation, relation_pick, files, api_name="download_relation")
     return demo

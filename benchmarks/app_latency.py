@@ -1,0 +1,135 @@
+"""Benchmark (issue #5): latency of the app's read endpoints under many clients, with and without training.
+
+Starts `python app.py` (tiny-random model, a temporary data directory, a login so that every client is the
+same user and sees the same jobs), trains one short job, then has N gradio_client clients call
+`/job_status` (of the finished job) and `/list_relations` in a loop for D seconds: once with the machine
+idle, once while a long training job saturates the CPU. Prints p50/p95/max latency and the error count per
+endpoint and phase (goal: p95 < 250 ms while training).
+
+    PYTHONPATH=. python benchmarks/app_latency.py                  # 20 clients, 60 s per phase
+    PYTHONPATH=. python benchmarks/app_latency.py --clients 5 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the live-server launcher the app tests use
+
+from app_server import free_port, start_app, stop_app  # noqa: E402
+
+AUTH = ("bench", "bench-password")
+SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
+                lambda_contrastive=0.01, num_frames=None, height=None, width=None)
+
+
+def client(url: str):
+    from gradio_client import Client
+
+    return Client(url, auth=AUTH, verbose=False)
+
+
+def train_job(url: str, uploads: list[Path], steps: int, wait: bool) -> str:
+    """Create a dataset from `uploads` and start a job of `steps` steps (waiting for it when `wait`); its id."""
+    from gradio_client import handle_file
+
+    c = client(url)
+    captions = "\n".join(p.with_suffix(".txt").read_text().strip() for p in uploads)
+    dataset_id, *_ = c.predict([handle_file(str(p)) for p in uploads], captions, "orbits", "", "basic",
+                               api_name="/create_masks")
+    job_id = c.predict(dataset_id, "quick", *{**SETTINGS, "steps": steps}.values(), api_name="/start_training")
+    if wait:
+        c.predict(job_id, api_name="/job_status")
+    return job_id
+
+
+def wait_until_training(url: str, job_id: str) -> None:
+    """Follow /job_status until the job is in its training loop (then stop following)."""
+    follow = client(url).submit(job_id, api_name="/job_status")
+    for status in follow:
+        if status["state"] == "training" and status["step"] > 0:
+            break
+    follow.cancel()
+
+
+def poll(url: str, job_id: str, seconds: float, clients: int) -> dict[str, dict]:
+    """`clients` threads, each its own gradio_client, alternate /job_status and /list_relations for `seconds`.
+
+    Returns {endpoint: {"latencies": [s, ...], "errors": [message, ...]}}.
+    """
+    results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
+    lock = threading.Lock()
+    connected = [client(url) for _ in range(clients)]
+    deadline = time.monotonic() + seconds
+
+    def loop(c):
+        calls = (("/job_status", (job_id,)), ("/list_relations", ()))
+        turn = 0
+        while time.monotonic() < deadline:
+            api_name, args = calls[turn % 2]
+            turn += 1
+            started = time.perf_counter()
+            try:
+                c.predict(*args, api_name=api_name)
+                outcome = ("latencies", time.perf_counter() - started)
+            except Exception as error:  # every failure counts, whatever its kind
+                outcome = ("errors", f"{type(error).__name__}: {error}")
+            with lock:
+                results[api_name][outcome[0]].append(outcome[1])
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in connected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return dict(results)
+
+
+def summary_rows(phase: str, results: dict[str, dict]) -> list[str]:
+    rows = []
+    for api_name, result in sorted(results.items()):
+        latencies = sorted(result["latencies"]) or [float("nan")]
+        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        rows.append(f"| {phase} | {api_name} | {len(result['latencies'])} | {len(result['errors'])} | "
+                    f"{statistics.median(latencies) * 1000:.0f} | {p95 * 1000:.0f} | {latencies[-1] * 1000:.0f} |")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=20, help="Concurrent gradio_client clients.")
+    parser.add_argument("--seconds", type=float, default=60.0, help="Polling time per phase.")
+    args = parser.parse_args(argv)
+    from dreamrelation.toyworld.dataset import write_relation_dataset
+    from dreamrelation.toyworld.world import sample_scenes
+
+    work = Path(tempfile.mkdtemp(prefix="app-latency-"))
+    uploads = sorted(write_relation_dataset(work / "uploads", sample_scenes(2, seed=3, relations=("orbits",)),
+                                            13, 64, 64).glob("*.mp4"))
+    port = free_port()
+    server = start_app(work / "home", work / "cache", port, work / "app.log", extra_args=["--auth", ":".join(AUTH)])
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        finished = train_job(url, uploads, 4, wait=True)
+        rows = summary_rows("idle", poll(url, finished, args.seconds, args.clients))
+        running = train_job(url, uploads, 100_000, wait=False)
+        wait_until_training(url, running)
+        rows += summary_rows("training", poll(url, finished, args.seconds, args.clients))
+        client(url).predict(running, api_name="/cancel_job")
+    finally:
+        stop_app(server)
+    print(f"\n{args.clients} clients, {args.seconds:.0f} s per phase, tiny-random model, {work}\n")
+    print("| phase | endpoint | calls | errors | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
