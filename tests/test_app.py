@@ -6,8 +6,10 @@ its own clients, i.e. its own sessions.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,14 +53,19 @@ def _captions(videos):
     return "\n".join(v.with_suffix(".txt").read_text().strip() for v in videos)
 
 
-def _train(client, videos) -> str:
+def _train_steps(client, videos, steps: int) -> str:
+    """Upload `videos`, make basic masks and start a job of `steps` steps; returns its id."""
     from gradio_client import handle_file
 
     dataset_id, summary, overlays, _ = client.predict(
         [handle_file(str(v)) for v in videos], _captions(videos), "orbits", "", "basic", api_name="/create_masks"
     )
     assert "basic" in summary and len(overlays) == len(videos)
-    return client.predict(dataset_id, "quick", *SETTINGS.values(), api_name="/start_training")
+    return client.predict(dataset_id, "quick", *{**SETTINGS, "steps": steps}.values(), api_name="/start_training")
+
+
+def _train(client, videos) -> str:
+    return _train_steps(client, videos, SETTINGS["steps"])
 
 
 def _follow(client, job_id) -> list[dict]:
@@ -169,3 +176,39 @@ def test_twenty_clients_poll_for_a_minute_while_training_without_an_error(tmp_pa
     assert set(results) == {"/job_status", "/list_relations"}
     for result in results.values():
         assert result["errors"] == [] and len(result["latencies"]) > 20
+
+
+def test_a_worker_killed_mid_training_resumes_after_an_app_restart(tmp_path, cache_dir, relation_videos):
+    import signal
+
+    from dreamrelation.jobs import JobStore
+    from dreamrelation.train.progress import read_progress
+
+    home, port = tmp_path / "home", free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = start_app(home, cache_dir, port, tmp_path / "app-1.log")
+    try:
+        client = _client(url)
+        job_id = _train_steps(client, relation_videos, steps=400)  # the quick preset checkpoints every 25 steps
+        follow = client.submit(job_id, api_name="/job_status")
+        for status in follow:
+            if status["step"] > 30:
+                break
+        follow.cancel()
+        store = JobStore(home)
+        os.kill(store.load(job_id).pid, signal.SIGKILL)
+    finally:
+        stop_app(server)
+    server = start_app(home, cache_dir, port, tmp_path / "app-2.log")
+    try:
+        # A new session cannot see the job; the store says what happened to it.
+        deadline = time.monotonic() + 300
+        while store.load(job_id).state not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+            time.sleep(1)
+        assert store.load(job_id).state == "done"
+        starts = [r["step"] for r in read_progress(store.load(job_id).output_dir / "progress.jsonl") if r.get("event") == "start"]
+        assert starts[0] == 0 and starts[-1] >= 25
+        assert store.in_states(("queued", "preparing", "training")) == []
+    finally:
+        stop_app(server)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
