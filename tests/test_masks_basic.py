@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,43 @@ def test_empty_and_single_subject_videos():
 def test_rejects_wrong_input():
     with pytest.raises(ValueError, match="uint8"):
         segment_basic(np.zeros((3, 8, 8), np.uint8))
+
+
+def test_colour_words_put_the_masks_in_caption_order():
+    from dreamrelation.masks.basic import order_by_colour_words
+
+    frames = np.full((2, 8, 8, 3), 110, np.uint8)
+    left, right = np.zeros((2, 8, 8), bool), np.zeros((2, 8, 8), bool)
+    left[:, 2:5, 0:3], right[:, 2:5, 5:8] = True, True
+    frames[left], frames[right] = BLUE, RED
+    masks = np.stack([left, right])  # the left-to-right order: the blue one first
+    ordered, decided = order_by_colour_words(frames, masks, ("red circle", "blue square"))
+    assert decided and np.array_equal(ordered[0], right) and np.array_equal(ordered[1], left)
+    kept, decided = order_by_colour_words(frames, masks, ("blue square", "red circle"))
+    assert decided and np.array_equal(kept, masks)
+    for phrases in (("person", "person"), ("red circle", "red square"), ("dog", "red ball")):
+        unchanged, decided = order_by_colour_words(frames, masks, phrases)
+        assert not decided and np.array_equal(unchanged, masks)
+
+
+def test_basic_engine_masks_follow_the_caption_when_its_first_subject_starts_on_the_right(tmp_path):
+    from dreamrelation.config import MasksConfig
+    from dreamrelation.data.dataset import load_subject_masks
+    from dreamrelation.masks.pipeline import make_masks
+    from dreamrelation.toyworld.dataset import write_relation_dataset
+    from dreamrelation.toyworld.world import sample_scenes, trajectories
+
+    scenes = [s for s in sample_scenes(20, seed=7, relations=("approaches",))
+              if trajectories(s, 13, 64, 64)[0][0][0] > trajectories(s, 13, 64, 64)[1][0][0]][:1]
+    assert scenes, "no scene whose first subject starts on the right"
+    write_relation_dataset(tmp_path, scenes, 13, 64, 64)
+    truth = {p.name: load_subject_masks(p, list(range(13)), 64, 64) for p in (tmp_path / "masks").iterdir()}
+    shutil.rmtree(tmp_path / "masks")
+    (result,) = make_masks(tmp_path, MasksConfig(engine="basic"))
+    made = load_subject_masks(result.mask_dir, list(range(13)), 64, 64)
+    expected = truth[result.name]
+    def iou(a, b):
+        return (a * b).sum() / np.maximum(a, b).sum()
+
+    for subject in range(2):
+        assert iou(made[subject], expected[subject]) > 0.8 > iou(made[subject], expected[1 - subject])

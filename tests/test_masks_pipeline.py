@@ -56,7 +56,7 @@ def test_basic_engine_writes_masks_the_trainer_reads(tmp_path):
         record = json.loads((result.mask_dir / "masks.json").read_text())
         assert record == {
             "engine": "basic", "notice": None, "subjects": ["red circle", "blue square"],
-            "order": "left-to-right on the first frame where both appear", "flags": result.flags,
+            "order": "by the colours the caption names", "flags": result.flags,
             "num_frames": FRAMES,
         }
         assert result.overlay == result.mask_dir / "overlay.mp4"

@@ -317,3 +317,34 @@ def segment_basic(frames: np.ndarray) -> np.ndarray:
     _track(frames, blobs, subjects, range(start, len(frames)), masks)
     _track(frames, blobs, subjects, range(start - 1, -1, -1), masks)
     return masks
+
+
+# Typical RGB of the colour words captions use; only which of two masks is nearer matters, so rough values do.
+COLOUR_WORDS = {
+    "red": (220, 30, 30), "orange": (245, 140, 30), "yellow": (235, 215, 30), "green": (20, 140, 40),
+    "cyan": (40, 220, 235), "blue": (40, 70, 230), "purple": (130, 50, 180), "magenta": (245, 110, 245),
+    "pink": (245, 150, 190), "brown": (130, 80, 40), "white": (245, 245, 245), "black": (20, 20, 20),
+    "gray": (128, 128, 128), "grey": (128, 128, 128),
+}
+
+
+def _named_colour(phrase: str) -> np.ndarray | None:
+    words = [COLOUR_WORDS[w] for w in phrase.lower().replace("-", " ").split() if w in COLOUR_WORDS]
+    return np.asarray(words[0], np.float32) if len(words) == 1 else None
+
+
+def order_by_colour_words(frames: np.ndarray, masks: np.ndarray, phrases: tuple[str, str]) -> tuple[np.ndarray, bool]:
+    """Put two masks in phrase order when the phrases name two different colours ("red circle", "blue square").
+
+    Takes uint8 (F, H, W, 3) frames, bool (2, F, H, W) masks and the two subject phrases. Returns (the masks,
+    swapped when the second mask's mean colour fits the first phrase better; True when the colours decided
+    the order, False when they could not (no single colour word per phrase, the same colour twice, or an
+    empty mask), the masks then unchanged).
+    """
+    named = [_named_colour(phrase) for phrase in phrases]
+    if any(c is None for c in named) or np.array_equal(named[0], named[1]) or not all(m.any() for m in masks):
+        return masks, False
+    means = [frames[mask].astype(np.float32).mean(axis=0) for mask in masks]
+    kept = np.linalg.norm(means[0] - named[0]) + np.linalg.norm(means[1] - named[1])
+    swapped = np.linalg.norm(means[0] - named[1]) + np.linalg.norm(means[1] - named[0])
+    return (masks[::-1].copy() if swapped < kept else masks), True

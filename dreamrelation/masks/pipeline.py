@@ -23,7 +23,7 @@ import numpy as np
 from dreamrelation.config import MasksConfig
 from dreamrelation.data.dataset import VIDEO_EXTENSIONS, DatasetError, write_subject_masks
 from dreamrelation.data.video import VideoError, probe_video, read_frames, write_video
-from dreamrelation.masks.basic import segment_basic
+from dreamrelation.masks.basic import order_by_colour_words, segment_basic
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.masks.quality import quality_flags
 from dreamrelation.masks.subjects import SubjectError, subject_phrases
@@ -74,7 +74,9 @@ class _BasicEngine:
         """
         flags = ["box/point corrections were ignored: the basic segmenter takes none; use the sam2 engine"]
         flags = flags if prompts else []
-        return segment_basic(frames), phrases, "left-to-right on the first frame where both appear", flags
+        masks, by_colour = order_by_colour_words(frames, segment_basic(frames), phrases)
+        rule = "by the colours the caption names" if by_colour else "left-to-right on the first frame where both appear"
+        return masks, phrases, rule, flags
 
 
 class _Sam2Engine:
