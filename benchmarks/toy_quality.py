@@ -1,9 +1,10 @@
 """Benchmark: how well a Shapes World base model draws relations, colours and shapes (issue #4's quality bar).
 
 Generates videos for fresh Shapes World captions (seeds the training never used) of every relation and scores
-them with the programmatic judges: relation accuracy with roles, colour accuracy and shape accuracy, split into
-trained and held-out relations (the base model should be poor on the held-out ones: that is what relation
-customisation is for). Prints a markdown table.
+them with the programmatic judges: relation accuracy with roles, colour accuracy and shape accuracy, in three
+groups: trained relations with seen subject pairs, trained relations with unseen pairs (the colour pairs
+world.HELD_OUT_COLOUR_PAIRS that training left out), and held-out relations (the base model should be poor on
+those: that is what relation customisation is for). Prints a markdown table.
 
     PYTHONPATH=. python benchmarks/toy_quality.py --model toy
     PYTHONPATH=. python benchmarks/toy_quality.py --model /tmp/toy --per-relation 4 --steps 20
@@ -20,7 +21,7 @@ from dreamrelation.generate import render
 from dreamrelation.models import load_model
 from dreamrelation.toyworld.captions import caption, prompt_subjects
 from dreamrelation.toyworld.judges import judge_appearance, judge_relation
-from dreamrelation.toyworld.world import HELD_OUT_RELATIONS, RELATIONS, sample_scenes
+from dreamrelation.toyworld.world import HELD_OUT_RELATIONS, TRAINED_RELATIONS, is_held_out_pair, sample_scenes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,25 +54,33 @@ def score(loaded, scene, args) -> dict[str, bool]:
     }
 
 
+def evaluation_scenes(relation: str, count: int, unseen: bool, seed: int) -> list:
+    """`count` fresh scenes of `relation` whose colour pair is (unseen=True) or is not one of the held-out pairs."""
+    pool = sample_scenes(40 * count, seed=seed, relations=(relation,))
+    picked = [s for s in pool if is_held_out_pair(s.subject1.colour, s.subject2.colour) == unseen]
+    return picked[:count]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     name = args.model if args.model == "toy" else str(Path(args.model))
     loaded = load_model(ModelConfig(name=name, device="auto"))
-    scenes = sample_scenes(args.per_relation * len(RELATIONS), seed=args.seed)
-    results: dict[str, list[dict[str, bool]]] = defaultdict(list)
-    for scene in scenes:
-        results[scene.relation].append(score(loaded, scene, args))
-    print(f"\nmodel {args.model}: {args.per_relation} videos per relation, {args.frames} frames at {args.size}px, "
-          f"{args.steps} steps, CFG {args.guidance}\n")
-    print("| relation | held out | relation acc. (roles) | colour acc. | shape acc. |\n|---|---|---|---|---|")
-    for relation, rows in results.items():
-        held = "yes" if relation in HELD_OUT_RELATIONS else "no"
+    groups = [(r, "seen pairs", False) for r in TRAINED_RELATIONS] + [(r, "unseen pairs", True) for r in TRAINED_RELATIONS]
+    groups += [(r, "held-out relation", False) for r in HELD_OUT_RELATIONS]
+    results: dict[tuple[str, str], list[dict[str, bool]]] = defaultdict(list)
+    for index, (relation, group, unseen) in enumerate(groups):
+        for scene in evaluation_scenes(relation, args.per_relation, unseen, args.seed + index):
+            results[(relation, group)].append(score(loaded, scene, args))
+    print(f"\nmodel {args.model}: {args.per_relation} videos per relation and group, {args.frames} frames at "
+          f"{args.size}px, {args.steps} steps, CFG {args.guidance}; unseen pairs = colour pairs never trained on\n")
+    print("| relation | group | relation acc. (roles) | colour acc. | shape acc. |\n|---|---|---|---|---|")
+    for (relation, group), rows in results.items():
         means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour", "shape")]
-        print(f"| {relation} | {held} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
-    for group, keep in (("trained", lambda r: r not in HELD_OUT_RELATIONS), ("held out", lambda r: r in HELD_OUT_RELATIONS)):
-        rows = [row for relation, rs in results.items() if keep(relation) for row in rs]
+        print(f"| {relation} | {group} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    for wanted in ("seen pairs", "unseen pairs", "held-out relation"):
+        rows = [row for (_, group), rs in results.items() if group == wanted for row in rs]
         means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour", "shape")]
-        print(f"| **all {group}** |  | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+        print(f"| **all** | **{wanted}** ({len(rows)} videos) | " + " | ".join(f"{m:.2f}" for m in means) + " |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Phases, each resumable from WORK_DIR (rerun the same command after an interrupti
                 its latents_mean / latents_std from its own latents;
   3. latents    encode every clip (VAE mean) and caption (a frozen random T5 over the word-level vocabulary);
   4. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
-                `training_forward` the relation trainer uses), batched attention, caption dropout for CFG;
+                `training_forward` the relation trainer uses), batched attention, caption dropout for CFG,
+                without the clips of world.HELD_OUT_COLOUR_PAIRS (kept unseen for the quality bar);
   5. save       `MochiPipeline.save_pretrained(OUTPUT)`, loadable with `from_pretrained` like a Hub model.
 
     PYTHONPATH=. python scripts/train_toy_base.py --output assets/models/toy           # the real run
@@ -29,9 +30,9 @@ from dreamrelation.models.attention import use_batched_attention
 from dreamrelation.models.base import ClipDefaults, write_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import build_tiny_pipeline
-from dreamrelation.toyworld.captions import caption
+from dreamrelation.toyworld.captions import caption, prompt_subjects
 from dreamrelation.toyworld.render import render_scene
-from dreamrelation.toyworld.world import TRAINED_RELATIONS, sample_scenes
+from dreamrelation.toyworld.world import TRAINED_RELATIONS, is_held_out_pair, sample_scenes
 
 VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
 MAX_GRAD_NORM = 1.0
@@ -176,14 +177,16 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
     return record
 
 
-def train_transformer(transformer, data: dict[str, torch.Tensor], args, log: LossLog) -> None:
+def train_transformer(transformer, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
     """Phase 4: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
     spec = MochiSpecification()
     use_batched_attention(transformer)
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
-    latents, embeds, masks = data["latents"], data["embeds"], data["masks"]
+    # Clips of the held-out colour pairs stay out of training (the quality bar's unseen subject pairs).
+    seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
+    latents, embeds, masks = data["latents"][seen], data["embeds"][seen], data["masks"][seen]
 
     def step(_):
         picks = torch.randint(len(latents), (args.batch,), generator=generator)
@@ -214,7 +217,7 @@ def main(argv=None) -> None:
     train_vae(pipe.vae, clips, args, log)
     data = encode_latents(pipe, clips, captions, args)
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
-    train_transformer(pipe.transformer, data, args, log)
+    train_transformer(pipe.transformer, data, captions, args, log)
     pipe.to("cpu").save_pretrained(args.output)
     write_clip_defaults(args.output, ClipDefaults(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
     print(f"saved the toy MochiPipeline to {args.output}")

@@ -177,3 +177,13 @@ def test_written_dataset_loads_with_masks_in_caption_order(tmp_path):
         _, rendered = render_scene(scene, num_frames, 96, 96)
         loaded = load_subject_masks(sample.mask_dir, list(range(num_frames)), 96, 96)
         assert np.array_equal(loaded.astype(bool), rendered)
+
+
+def test_held_out_colour_pairs_are_symmetric_and_leave_every_colour_in_training():
+    from dreamrelation.toyworld.world import COLOURS, HELD_OUT_COLOUR_PAIRS, is_held_out_pair
+
+    assert is_held_out_pair("red", "cyan") and is_held_out_pair("cyan", "red") and not is_held_out_pair("red", "blue")
+    for colour in COLOURS:
+        partners = [other for other in COLOURS if other != colour and not is_held_out_pair(colour, other)]
+        assert len(partners) == len(COLOURS) - 2  # one held-out partner per colour
+    assert len(HELD_OUT_COLOUR_PAIRS) == 3

@@ -229,6 +229,9 @@ RELATIONS: dict[str, Relation] = {
     "jumps_over": Relation("jumps over", True, _jumps_over),
 }
 TRAINED_RELATIONS = tuple(name for name, relation in RELATIONS.items() if not relation.held_out)
+# Colour pairs (either order) the toy base model never sees together, so its quality on unseen subject pairs
+# can be measured; each colour still appears with every other colour.
+HELD_OUT_COLOUR_PAIRS = (frozenset({"red", "cyan"}), frozenset({"yellow", "blue"}), frozenset({"green", "magenta"}))
 HELD_OUT_RELATIONS = tuple(name for name, relation in RELATIONS.items() if relation.held_out)
 
 
@@ -296,3 +299,8 @@ def sample_scenes(
             )
         )
     return scenes
+
+
+def is_held_out_pair(colour1: str, colour2: str) -> bool:
+    """Whether two subject colours form one of HELD_OUT_COLOUR_PAIRS (an unseen subject pair)."""
+    return frozenset({colour1, colour2}) in HELD_OUT_COLOUR_PAIRS
