@@ -14,8 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dreamrelation.config import ModelConfig
-from dreamrelation.models import default_model_name
+from dreamrelation.config import ModelConfig, default_model_name
 from dreamrelation.studio import Studio, default_home
 from ui.layout import build_demo
 

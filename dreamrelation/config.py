@@ -14,6 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
+
+
+def default_model_name() -> str:
+    """The embedded toy model when this checkout has it, else the tiny random one."""
+    return "toy" if (TOY_MODEL_DIR / "model_index.json").exists() else "tiny-random"
+
+
 def default_cache_dir() -> Path:
     """Where built models and encoded latents are cached: `$DREAMRELATION_CACHE` or ~/.cache/dreamrelation."""
     return Path(os.environ.get("DREAMRELATION_CACHE", Path.home() / ".cache" / "dreamrelation"))
@@ -37,9 +46,9 @@ class ModelConfig(_Settings):
     """Which base model to load and where it runs."""
 
     name: str = Field(
-        "tiny-random",
-        description="Base model: 'toy' (embedded), 'mochi-1' (genmo/mochi-1-preview), 'tiny-random' or "
-        "'tiny-random-small' (random weights, for tests), a Hub id, or a folder holding a saved MochiPipeline.",
+        default_factory=default_model_name,
+        description="Base model: 'toy' (embedded, the default), 'mochi-1' (genmo/mochi-1-preview), 'tiny-random' "
+        "or 'tiny-random-small' (random weights, for tests), a Hub id, or a folder holding a saved MochiPipeline.",
     )
     device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dreamrelation.config import ModelConfig
+from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
 from dreamrelation.models.base import ClipDefaults, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 
@@ -16,8 +16,6 @@ FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification()
 
 HUB_ALIASES = {"mochi-1": "genmo/mochi-1-preview"}
 TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small"}  # name -> size in models/tiny_random.py
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
 
 
 def quiet_loading_bars() -> None:
@@ -27,11 +25,6 @@ def quiet_loading_bars() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-
-
-def default_model_name() -> str:
-    """The embedded toy model when this checkout has it, else the tiny random one."""
-    return "toy" if (TOY_MODEL_DIR / "model_index.json").exists() else "tiny-random"
 
 
 class ModelLoadError(RuntimeError):

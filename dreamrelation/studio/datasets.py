@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamrelation.config import IngestConfig, MasksConfig
+from dreamrelation.config import REPO_ROOT, IngestConfig, MasksConfig
 from dreamrelation.data.dataset import DatasetError, load_subject_masks, scan_dataset
 from dreamrelation.data.video import probe_video, read_frames, write_video
 from dreamrelation.masks.pipeline import Progress, make_masks, overlay_frames
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.masks.subjects import SubjectError, parse_subjects_override
-from dreamrelation.models import REPO_ROOT
 from dreamrelation.models.base import ClipDefaults
 from dreamrelation.studio.workspace import StudioError, Workspace
 
