@@ -75,14 +75,23 @@ def test_prompt_coordinates_are_scaled_to_the_input_and_the_box_comes_first():
     assert tensors["point_labels"].dtype == torch.int32
 
 
-def test_between_frames_interpolate_probabilities():
-    # Frame 1 lies halfway between keyframes 0 and 2: p = (sigmoid(4) + sigmoid(-2)) / 2 = 0.55 -> on,
-    # (sigmoid(2) + sigmoid(-4)) / 2 = 0.45 -> off, (sigmoid(-3) + sigmoid(9)) / 2 = 0.52 -> on.
-    logits = {0: torch.tensor([[[[4.0, 2.0]]], [[[-3.0, -3.0]]]]), 1: torch.tensor([[[[-2.0, -4.0]]], [[[9.0, 9.0]]]])}
-    masks = _fill_frames(logits, [0, 2], 3, 1, 2)
-    assert masks.shape == (2, 3, 1, 2) and masks.dtype == bool
-    assert masks[0, :, 0].tolist() == [[True, True], [True, False], [False, False]]
-    assert masks[1, :, 0].tolist() == [[False, False], [True, True], [True, True]]
+def test_between_frames_follow_the_subjects_motion():
+    # A 1x12 grid, keyframes 0 and 4. Subject 1 is the pixel x=2 on frame 0 and x=6 on frame 4: it moves 1 px a
+    # frame, so frame t must hold it at x = 2 + t (a plain cross-fade would give two half-strength ghosts,
+    # p < 0.5, i.e. nothing). Subject 2 stays at x=9; a subject missing on a keyframe does not move.
+    def row(*on):
+        logits = torch.full((1, 1, 12), -10.0)
+        logits[0, 0, list(on)] = 10.0
+        return logits
+
+    logits = {0: torch.stack([row(2), row(9)]), 1: torch.stack([row(6), row(9)])}
+    masks = _fill_frames(logits, [0, 4], 5, 1, 12)
+    assert masks.shape == (2, 5, 1, 12) and masks.dtype == bool
+    assert [np.flatnonzero(masks[0, t, 0]).tolist() for t in range(5)] == [[2], [3], [4], [5], [6]]
+    assert [np.flatnonzero(masks[1, t, 0]).tolist() for t in range(5)] == [[9]] * 5
+    gone = _fill_frames({0: torch.stack([row(2), row(9)]), 1: torch.stack([row(), row(9)])}, [0, 3], 4, 1, 12)
+    # (1 - w)·P_a alone, unshifted: p = 2/3 on frame 1 (on), 1/3 on frame 2 (off).
+    assert [np.flatnonzero(gone[0, t, 0]).tolist() for t in range(4)] == [[2], [2], [], []]
 
 
 def test_segment_returns_both_subjects_on_every_frame_deterministically(segmenter, frames):

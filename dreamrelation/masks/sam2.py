@@ -253,22 +253,49 @@ def _check_inputs(frames: np.ndarray, prompts: list[SubjectPrompt], frame_stride
     return num_frames, height, width
 
 
+def _centroids(probs: torch.Tensor) -> torch.Tensor:
+    """float (N, 1, h, w) probabilities -> (N, 2) probability-weighted (x, y) centroids in grid pixels."""
+    height, width = probs.shape[-2:]
+    ys = torch.arange(height, dtype=probs.dtype)[:, None]
+    xs = torch.arange(width, dtype=probs.dtype)[None, :]
+    mass = probs.sum(dim=(1, 2, 3))
+    x = (probs[:, 0] * xs).sum(dim=(1, 2)) / mass
+    y = (probs[:, 0] * ys).sum(dim=(1, 2)) / mass
+    return torch.stack([x, y], dim=1)
+
+
+def _shifted(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Translate float (N, 1, h, w) maps by (N, 2) (dx, dy) grid pixels (bilinear, zeros shifted in)."""
+    height, width = probs.shape[-2:]
+    theta = torch.zeros(len(probs), 2, 3, dtype=probs.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = -2.0 * offsets[:, 0] / width
+    theta[:, 1, 2] = -2.0 * offsets[:, 1] / height
+    grid = F.affine_grid(theta, list(probs.shape), align_corners=False)
+    return F.grid_sample(probs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _fill_frames(
     logits: dict[int, torch.Tensor], keys: list[int], num_frames: int, height: int, width: int
 ) -> np.ndarray:
     """Video-size masks of every frame from the keyframes' logits (positions in `keys`) -> bool (2, F, H, W).
 
-    A frame between keyframes a < t < b gets p = (1 - w)·sigmoid(L_a) + w·sigmoid(L_b), w = (t - a)/(b - a),
-    thresholded at 0.5 (as logit(p) > 0, so that it goes through the same upsampling as the keyframes).
+    Motion-compensated: a frame between keyframes a < t < b, w = (t - a)/(b - a), gets
+    p = (1 - w)·shift(P_a, w·d) + w·shift(P_b, -(1 - w)·d), P = sigmoid(L) and d the move of the subject's
+    centroid from a to b (0 unless it is on both: some p > 0.5), thresholded at 0.5 (as logit(p) > 0, through the
+    same upsampling as the keyframes). Subjects moving steadily are placed where they are, not blended as
+    two ghosts of half strength (which a plain cross-fade gives).
     """
     masks = np.zeros((2, num_frames, height, width), dtype=bool)
     for i, frame in enumerate(keys):
         masks[:, frame] = masks_to_video_size(logits[i], height, width).numpy()
         if i + 1 < len(keys):
             after = keys[i + 1]
-            low, high = torch.sigmoid(logits[i]), torch.sigmoid(logits[i + 1])
+            low, high = torch.sigmoid(logits[i].float()), torch.sigmoid(logits[i + 1].float())
+            present = (low.amax(dim=(1, 2, 3)) > 0.5) & (high.amax(dim=(1, 2, 3)) > 0.5)
+            move = torch.where(present[:, None], _centroids(high) - _centroids(low), 0.0)
             for between in range(frame + 1, after):
                 weight = (between - frame) / (after - frame)
-                probs = (1 - weight) * low + weight * high
+                probs = (1 - weight) * _shifted(low, weight * move) + weight * _shifted(high, -(1 - weight) * move)
                 masks[:, between] = masks_to_video_size(torch.logit(probs, eps=1e-6), height, width).numpy()
     return masks
