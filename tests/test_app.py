@@ -212,3 +212,17 @@ def test_a_worker_killed_mid_training_resumes_after_an_app_restart(tmp_path, cac
     finally:
         stop_app(server)
         subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
+
+
+def test_mcp_flag_serves_the_named_endpoints_as_tools(tmp_path, cache_dir):
+    import json
+    import urllib.request
+
+    port = free_port()
+    server = start_app(tmp_path / "home", cache_dir, port, tmp_path / "app.log", ["--mcp"])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/mcp/schema", timeout=30) as response:
+            tools = {tool["name"] for tool in json.load(response)}
+    finally:
+        stop_app(server)
+    assert {"create_masks", "start_training", "job_status", "cancel_job", "list_relations", "generate"} <= tools
