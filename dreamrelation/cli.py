@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
+from tqdm.auto import tqdm
 
 from dreamrelation.config import (
     DataConfig,
@@ -228,7 +229,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
     config = MasksConfig.model_validate(_overrides(args).get("masks", {}))
     subjects = parse_subjects_override(args.subjects) if args.subjects else None
-    results = make_masks(args.data, config, subjects=subjects, names=args.names)
+    with tqdm(total=1.0, desc="masks", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
+
+        def progress(fraction: float, message: str) -> None:
+            bar.set_description_str(message, refresh=False)
+            bar.update(fraction - bar.n)
+
+        results = make_masks(args.data, config, subjects=subjects, names=args.names, progress=progress)
     failed = 0
     for result in results:
         if result.error:

@@ -132,6 +132,7 @@ def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tm
     masked = run_cli(["masks", "--data", str(data), "--engine", "basic"], cache_dir)
     assert masked.returncode == 0, masked.stderr
     assert "masks written for 2 of 2" in masked.stdout
+    assert "100%" in masked.stderr  # the progress bar
     trained = run_cli(
         ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--steps", "2", "--frames", "13",
          "--height", "64", "--width", "64", "--device", "cpu"],
