@@ -2,7 +2,8 @@
 
 Starts `python app.py` (tiny-random model, a temporary data directory, a login so that every client is the
 same user and sees the same jobs), trains one short job, then has N gradio_client clients call
-`/job_status` (of the finished job) and `/list_relations` in a loop for D seconds: once with the machine
+`/job_status` (of the finished job) and `/list_relations` in turn, one call every --interval seconds each (as a
+page polls its job; 0 for back-to-back calls), for D seconds: once with the machine
 idle, once while a long training job saturates the CPU. Prints p50/p95/max latency and the error count per
 endpoint and phase (goal: p95 < 250 ms while training).
 
@@ -60,8 +61,9 @@ def wait_until_training(url: str, job_id: str) -> None:
     follow.cancel()
 
 
-def poll(url: str, job_id: str, seconds: float, clients: int) -> dict[str, dict]:
-    """`clients` threads, each its own gradio_client, alternate /job_status and /list_relations for `seconds`.
+def poll(url: str, job_id: str, seconds: float, clients: int, interval: float = 0.0) -> dict[str, dict]:
+    """`clients` threads, each its own gradio_client, alternate /job_status and /list_relations for `seconds`,
+    waiting `interval` seconds between calls (0: back to back, the heaviest load).
 
     Returns {endpoint: {"latencies": [s, ...], "errors": [message, ...]}}.
     """
@@ -84,6 +86,7 @@ def poll(url: str, job_id: str, seconds: float, clients: int) -> dict[str, dict]
                 outcome = ("errors", f"{type(error).__name__}: {error}")
             with lock:
                 results[api_name][outcome[0]].append(outcome[1])
+            time.sleep(interval)
 
     threads = [threading.Thread(target=loop, args=(c,)) for c in connected]
     for thread in threads:
@@ -107,6 +110,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=20, help="Concurrent gradio_client clients.")
     parser.add_argument("--seconds", type=float, default=60.0, help="Polling time per phase.")
+    parser.add_argument("--interval", type=float, default=1.0, help="Seconds each client waits between calls "
+                        "(a page polling its job); 0: back to back.")
     args = parser.parse_args(argv)
     from dreamrelation.toyworld.dataset import write_relation_dataset
     from dreamrelation.toyworld.world import sample_scenes
@@ -119,14 +124,15 @@ def main(argv=None) -> None:
     url = f"http://127.0.0.1:{port}/"
     try:
         finished = train_job(url, uploads, 4, wait=True)
-        rows = summary_rows("idle", poll(url, finished, args.seconds, args.clients))
+        rows = summary_rows("idle", poll(url, finished, args.seconds, args.clients, args.interval))
         running = train_job(url, uploads, 100_000, wait=False)
         wait_until_training(url, running)
-        rows += summary_rows("training", poll(url, finished, args.seconds, args.clients))
+        rows += summary_rows("training", poll(url, finished, args.seconds, args.clients, args.interval))
         client(url).predict(running, api_name="/cancel_job")
     finally:
         stop_app(server)
-    print(f"\n{args.clients} clients, {args.seconds:.0f} s per phase, tiny-random model, {work}\n")
+    print(f"\n{args.clients} clients, one call every {args.interval:g} s each, {args.seconds:.0f} s per phase, "
+          f"tiny-random model, {work}\n")
     print("| phase | endpoint | calls | errors | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
