@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,16 @@ def write_two_subject_dataset(
         (root / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
         write_subject_masks(root / "masks" / name, masks)
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """Import a repository script or benchmark (e.g. "scripts/make_examples.py") as a module, by its path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

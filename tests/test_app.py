@@ -18,6 +18,7 @@ from dreamrelation.data.video import probe_video
 from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
 from app_server import free_port, start_app, stop_app
+from helpers import load_script
 
 SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
                 lambda_contrastive=0.01, num_frames=None, height=None, width=None)
@@ -149,18 +150,9 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(app_server, relation
     assert client.predict(job_id, api_name="/job_status")["state"] == "done"
 
 
-def _latency_benchmark():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "app_latency.py"
-    spec = importlib.util.spec_from_file_location("app_latency", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_twenty_clients_poll_for_a_minute_while_training_without_an_error(tmp_path, cache_dir, relation_videos):
-    bench = _latency_benchmark()
+    bench = load_script("benchmarks/app_latency.py")
     port = free_port()
     server = start_app(tmp_path / "home", cache_dir, port, tmp_path / "app.log", ["--auth", ":".join(bench.AUTH)])
     url = f"http://127.0.0.1:{port}/"

@@ -1,12 +1,11 @@
 """The shipped assets/examples/ relation datasets are readable and are exactly what scripts/make_examples.py writes."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 from dreamrelation.data.dataset import load_subject_masks, mask_frame_paths, scan_dataset
 from dreamrelation.data.video import load_clip
@@ -15,16 +14,7 @@ from dreamrelation.toyworld.dataset import read_scenes
 from dreamrelation.toyworld.world import HELD_OUT_RELATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "make_examples.py"
 EXAMPLES = ROOT / "assets" / "examples"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_examples", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def files(root: Path) -> list[str]:
@@ -33,7 +23,7 @@ def files(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("relation", HELD_OUT_RELATIONS)
 def test_shipped_examples_match_the_script(relation, tmp_path):
-    script = load_script()
+    script = load_script("scripts/make_examples.py")
     shipped = EXAMPLES / relation
     samples = scan_dataset(shipped)
     assert len(samples) == script.DEFAULT_COUNT

@@ -1,23 +1,12 @@
 """benchmarks/relation_eval.py --quick runs end to end and reports every row and column (not the numbers)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_eval.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("relation_eval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
-    script = load_script()
+    script = load_script("benchmarks/relation_eval.py")
     out = tmp_path / "results.json"
     argv = ["--quick", "--model", "tiny-random", "--device", "cpu", "--masks", "both", "--cache-dir", str(cache_dir),
             "--work-dir", str(tmp_path / "work"), "--json", str(out)]

@@ -1,24 +1,15 @@
 """scripts/train_toy_base.py --quick runs every phase and saves a pipeline that loads and generates."""
 
-import importlib.util
 import json
-from pathlib import Path
+
+from helpers import load_script
 
 from dreamrelation.config import GenerateConfig, ModelConfig
 from dreamrelation.generate import generate
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_toy_base.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_toy_base", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_quick_run_saves_a_loadable_pipeline_and_resumes(tmp_path, cache_dir):
-    script = load_script()
+    script = load_script("scripts/train_toy_base.py")
     out, work = tmp_path / "toy", tmp_path / "work"
     script.main(["--quick", "--output", str(out), "--work-dir", str(work)])
     phases = [json.loads(line)["phase"] for line in (work / "loss.jsonl").read_text().splitlines()]
