@@ -1,7 +1,7 @@
 """Benchmark (issue #5): latency of the app's read endpoints under many clients, with and without training.
 
 Starts `python app.py` (tiny-random model, a temporary data directory, a login so that every client is the
-same user and sees the same jobs), trains one short job, then has N gradio_client clients call
+same user and sees the same jobs), trains one short job, then has N gradio_client clients (one process each) call
 `/job_status` (of the finished job) and `/list_relations` in turn, one call every --interval seconds each (as a
 page polls its job; 0 for back-to-back calls), for D seconds: once with the machine
 idle, once while a long training job saturates the CPU. Prints p50/p95/max latency and the error count per
@@ -14,10 +14,12 @@ endpoint and phase (goal: p95 < 250 ms while training).
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the live-server launcher the app test
 from app_server import free_port, start_app, stop_app  # noqa: E402
 
 AUTH = ("bench", "bench-password")
+CONNECT_S = 30.0  # time the client processes get to start and connect before polling begins
 SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
                 lambda_contrastive=0.01, num_frames=None, height=None, width=None)
 
@@ -62,37 +65,47 @@ def wait_until_training(url: str, job_id: str) -> None:
 
 
 def poll(url: str, job_id: str, seconds: float, clients: int, interval: float = 0.0) -> dict[str, dict]:
-    """`clients` threads, each its own gradio_client, alternate /job_status and /list_relations for `seconds`,
-    waiting `interval` seconds between calls (0: back to back, the heaviest load).
+    """`clients` gradio_client clients, each in a process of its own (as real users are: a shared process's GIL
+    and gradio_client's 50 ms polling threads would measure the benchmark, not the app), alternate /job_status
+    and /list_relations for `seconds`, waiting `interval` seconds between calls (0: back to back, the heaviest load).
 
     Returns {endpoint: {"latencies": [s, ...], "errors": [message, ...]}}.
     """
+    start = time.time() + CONNECT_S  # every client connects first, then all begin together
+    command = [sys.executable, __file__, "--one-client", url, job_id, str(start), str(seconds), str(interval)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
-    lock = threading.Lock()
-    connected = [client(url) for _ in range(clients)]
-    deadline = time.monotonic() + seconds
+    for process in processes:
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            results["(client process)"]["errors"].append(f"exit status {process.returncode}")
+            continue
+        for api_name, result in json.loads(output).items():
+            for kind in ("latencies", "errors"):
+                results[api_name][kind] += result[kind]
+    return dict(results)
 
-    def loop(c):
-        calls = (("/job_status", (job_id,)), ("/list_relations", ()))
-        turn = 0
-        while time.monotonic() < deadline:
-            api_name, args = calls[turn % 2]
-            turn += 1
-            started = time.perf_counter()
-            try:
-                c.predict(*args, api_name=api_name)
-                outcome = ("latencies", time.perf_counter() - started)
-            except Exception as error:  # every failure counts, whatever its kind
-                outcome = ("errors", f"{type(error).__name__}: {error}")
-            with lock:
-                results[api_name][outcome[0]].append(outcome[1])
-            time.sleep(interval)
 
-    threads = [threading.Thread(target=loop, args=(c,)) for c in connected]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def one_client(url: str, job_id: str, start: float, seconds: float, interval: float) -> dict[str, dict]:
+    """One client's calls from epoch time `start` for `seconds`: {endpoint: {"latencies", "errors"}}.
+
+    It begins at a random point of its first `interval`: pages poll out of step with each other, not in bursts.
+    """
+    results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
+    c = client(url)
+    time.sleep(max(0.0, start + random.uniform(0.0, interval) - time.time()))
+    calls = (("/job_status", (job_id,)), ("/list_relations", ()))
+    turn = 0
+    while time.time() < start + seconds:
+        api_name, args = calls[turn % 2]
+        turn += 1
+        started = time.perf_counter()
+        try:
+            c.predict(*args, api_name=api_name)
+            results[api_name]["latencies"].append(time.perf_counter() - started)
+        except Exception as error:  # every failure counts, whatever its kind
+            results[api_name]["errors"].append(f"{type(error).__name__}: {error}")
+        time.sleep(interval)
     return dict(results)
 
 
@@ -107,6 +120,11 @@ def summary_rows(phase: str, results: dict[str, dict]) -> list[str]:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--one-client"]:  # a client process started by poll()
+        url, job_id, start, seconds, interval = argv[1:]
+        print(json.dumps(one_client(url, job_id, float(start), float(seconds), float(interval))))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=20, help="Concurrent gradio_client clients.")
     parser.add_argument("--seconds", type=float, default=60.0, help="Polling time per phase.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from dreamrelation.toyworld.world import TRAINED_RELATIONS, is_held_out_pair, sa
 
 VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
 MAX_GRAD_NORM = 1.0
+WARMUP_STEPS = 200  # transformer steps of linear learning-rate warm-up
 TOY_FPS = 24  # the frame rate of Shapes World datasets (dreamrelation.toyworld.dataset)
 
 
@@ -57,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "third of 96 px).")
     parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Transformer learning rate.")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Transformer peak learning rate (cosine decay to a tenth).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
     parser.add_argument("--quick", action="store_true", help="A seconds-long run of every phase (for tests).")
     args = parser.parse_args(argv)
@@ -177,6 +179,12 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
     return record
 
 
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over WARMUP_STEPS, then a cosine decay from `peak` to a tenth of it at `steps`."""
+    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
+    return peak * warmup * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+
+
 def train_transformer(transformer, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
     """Phase 4: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
     spec = MochiSpecification()
@@ -188,7 +196,9 @@ def train_transformer(transformer, data: dict[str, torch.Tensor], captions: list
     seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
     latents, embeds, masks = data["latents"][seen], data["embeds"][seen], data["masks"][seen]
 
-    def step(_):
+    def step(index):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(index, args.transformer_steps, args.lr)
         picks = torch.randint(len(latents), (args.batch,), generator=generator)
         drop = torch.rand(args.batch, generator=generator) < 0.1
         text = torch.where(drop[:, None, None], data["empty_embeds"], embeds[picks])

@@ -10,6 +10,7 @@ from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule, 
 from dreamrelation.config import ModelConfig
 from dreamrelation.models import ModelLoadError, load_model
 from dreamrelation.models.mochi import MochiSpecification
+from dreamrelation.models.tiny_random import axial_rope_frequencies
 
 
 def test_masks_map_to_the_latent_grid_like_mochis_causal_vae():
@@ -72,10 +73,23 @@ def test_tiny_random_is_a_saved_pipeline_loaded_like_a_hub_model(tiny, model_con
     again = load_model(model_config)
     for (name, a), (_, b) in zip(tiny.pipe.transformer.state_dict().items(), again.pipe.transformer.state_dict().items()):
         assert torch.equal(a, b), name
-    assert tiny.pipe.transformer.pos_frequencies.abs().sum() > 0  # random RoPE frequencies: position matters
+    torch.testing.assert_close(  # axial RoPE frequencies (Mochi's own are zero-initialised: no positions)
+        tiny.pipe.transformer.pos_frequencies, axial_rope_frequencies(*tiny.pipe.transformer.pos_frequencies.shape[1:])
+    )
     # The word-level tokenizer tells subjects apart (a vocabulary-less T5 tokenizer maps them all to <unk>).
     ids = tiny.pipe.tokenizer(["a dog", "a cat"]).input_ids
     assert ids[0] != ids[1] and tiny.pipe.tokenizer.unk_token_id not in ids[0] + ids[1]
+
+
+def test_axial_rope_frequencies_turn_each_pair_along_one_axis():
+    frequencies = axial_rope_frequencies(heads=2, pairs=6)
+    # Pairs 0 and 3 turn with time, 1 and 4 with height, 2 and 5 with width: each from its range's top to bottom.
+    expected = torch.zeros(3, 6)
+    expected[0, [0, 3]] = torch.tensor([1.5, 0.05])
+    expected[1, [1, 4]] = torch.tensor([0.1, 0.005])
+    expected[2, [2, 5]] = torch.tensor([0.1, 0.005])
+    for head in range(2):
+        torch.testing.assert_close(frequencies[:, head], expected)
 
 
 def test_offline_hub_model_fails_at_once_with_a_fix(monkeypatch, cache_dir):

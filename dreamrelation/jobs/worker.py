@@ -2,7 +2,7 @@
 
 The scheduler starts it in its own process group with stdout and stderr going to HOME/jobs/ID/worker.log.
 It trains in this process, continuing from the newest checkpoint of the job's output folder when there is
-one, and records the outcome in the job table. SIGTERM keeps its default action (exit at once): everything
+one, and records the outcome in the job table. It lowers its own CPU priority (WORKER_NICENESS) first. SIGTERM keeps its default action (exit at once): everything
 worth keeping is already on disk as checkpoints, so there is nothing to clean up.
 """
 
@@ -24,6 +24,9 @@ from dreamrelation.models import quiet_loading_bars
 from dreamrelation.train.trainer import train
 
 _POLL_S = 0.5
+# Training runs below the app's priority: on a machine whose cores it saturates (a CPU Space), the web server
+# still answers status polls and page loads at once, and training only loses the little time they take.
+WORKER_NICENESS = 19
 _MAX_ERROR_CHARS = 500
 
 
@@ -77,12 +80,27 @@ def _one_line(error: BaseException) -> str:
     return message[:_MAX_ERROR_CHARS]
 
 
+def lower_cpu_priority(niceness: int) -> None:
+    """Raise this process' nice value by `niceness`, and its autogroup's to `niceness` where Linux has them.
+
+    With autogroups (sched(7)), nice ranks threads only within a session, and the worker runs in a session of
+    its own: its group's nice value is the one that lets the app's session go first. Raising it needs no
+    privilege; where the file is missing or refuses, the process' own nice value still applies.
+    """
+    os.nice(niceness)
+    try:
+        Path("/proc/self/autogroup").write_text(f"{niceness}\n")
+    except OSError as error:
+        logging.getLogger(__name__).debug("autogroup nice value left alone: %s", error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: parses --home and --job, runs the job, returns the exit status."""
     parser = argparse.ArgumentParser(description="Run one DreamRelation training job of a job store.")
     parser.add_argument("--home", type=Path, required=True, help="The app's home folder (holds jobs.sqlite3).")
     parser.add_argument("--job", required=True, help="The job id.")
     args = parser.parse_args(argv)
+    lower_cpu_priority(WORKER_NICENESS)  # before any tensor work, so torch's thread pool inherits it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # e.g. "resumed from ..."
     return run_job(JobStore(args.home), args.job)
 

@@ -46,6 +46,31 @@ SIZES = {
 # What the tiny models generate unless told otherwise (written beside them; Mochi-1's 61x480x848 would take
 # minutes per step on a CPU). The toy model's is written by scripts/train_toy_base.py.
 TINY_CLIP_DEFAULTS = ClipDefaults(num_frames=13, height=64, width=64, fps=24)
+# Sinusoidal channels of the timestep (Mochi's default): with few, the phases of timesteps 0..1000 wrap around
+# and the model cannot tell noise levels apart.
+TIMESTEP_CHANNELS = 256
+# RoPE angular frequencies per position unit. MochiRoPE spans a frame's side with 192 units whatever the token
+# count, and counts latent frames one unit apart: space from a whole frame down to a few tokens per turn, time
+# from the whole clip down to about a frame.
+SPACE_FREQUENCIES = (0.005, 0.1)
+TIME_FREQUENCIES = (0.05, 1.5)
+
+
+def axial_rope_frequencies(heads: int, pairs: int) -> torch.Tensor:
+    """Initial `pos_frequencies` (3, heads, pairs) of a MochiTransformer3DModel, axial like common 3D RoPE.
+
+    Mochi's are learned and zero-initialised, which would leave a model trained from scratch without positions
+    (and random ones scatter neighbouring tokens' phases). Rotary pair p turns along axis p % 3 (time, height,
+    width) only, at frequencies log-spaced over that axis' range, the same in every head.
+    """
+    frequencies = torch.zeros(3, heads, pairs)
+    for axis, (low, high) in enumerate((TIME_FREQUENCIES, SPACE_FREQUENCIES, SPACE_FREQUENCIES)):
+        on_axis = list(range(axis, pairs, 3))
+        if on_axis:
+            frequencies[axis, :, on_axis] = torch.logspace(
+                torch.log10(torch.tensor(high)), torch.log10(torch.tensor(low)), len(on_axis)
+            )
+    return frequencies
 
 
 def build_tokenizer(max_length: int = 32):
@@ -104,12 +129,11 @@ def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
         pooled_projection_dim=s["pooled_dim"],
         in_channels=12,
         text_embed_dim=s["text_dim"],
-        time_embed_dim=4,
+        time_embed_dim=TIMESTEP_CHANNELS,
         max_sequence_length=tokenizer.model_max_length,
     )
     with torch.no_grad():
-        # Mochi's RoPE frequencies are zero-initialised (the real ones are learned); random ones make position matter.
-        transformer.pos_frequencies.normal_(0.0, 1.0)
+        transformer.pos_frequencies.copy_(axial_rope_frequencies(s["heads"], s["head_dim"] // 2))
         # A trained VAE's posterior is narrow; a random one's has std ~1 and would drown every clip in fresh noise.
         # The encoder's last layer has no bias: negative logvar rows over its post-SiLU (mostly positive)
         # features give logvar around -10.
@@ -125,7 +149,7 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
-    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v5"
+    target = Path(cache_dir) / "models" / f"tiny-random-{size}-seed{seed}-v6"
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
