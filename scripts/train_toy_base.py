@@ -51,13 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=25, help="Frames per clip (6k+1).")
     parser.add_argument("--size", type=int, default=96, help="Frame side in pixels (multiple of 16).")
     parser.add_argument("--model-size", default="toy", help="Preset of dreamrelation.models.tiny_random.SIZES.")
-    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE optimizer steps.")
+    parser.add_argument("--vae-steps", type=int, default=2500, help="VAE optimizer steps.")
     parser.add_argument("--vae-lr", type=float, default=5e-4, help="VAE learning rate.")
     parser.add_argument("--vae-batch", type=int, default=4, help="VAE windows per step.")
     parser.add_argument("--vae-crop", type=int, default=64, help="Side of the random square crops the VAE trains "
                         "on (multiple of 8; a convolutional VAE generalises to the full frame; 64 px costs a "
                         "third of 96 px).")
-    parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
+    parser.add_argument("--transformer-steps", type=int, default=10000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4, help="Transformer peak learning rate (cosine decay to a tenth).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
