@@ -22,7 +22,7 @@ no-hybrid-mask (mask_loss off); no-contrastive; no-subject-adapters; relation-on
 subject adapters on Q,K); relation-on-q (relation adapter on Q only). base, direct-lora and no-hybrid-mask do
 not read masks, so with --masks both they run once (masks column '-').
 
-    PYTHONPATH=. python benchmarks/relation_eval.py                       # defaults: toy model, ~33 min on 2 CPU cores
+    PYTHONPATH=. python benchmarks/relation_eval.py                       # defaults: toy model, ~17 min on 2 CPU cores
     PYTHONPATH=. python benchmarks/relation_eval.py --quick               # smoke run: ~1 min on 2 CPU cores
     PYTHONPATH=. python benchmarks/relation_eval.py --masks both --json results/relation_eval.json
     PYTHONPATH=. python benchmarks/relation_eval.py --rows base,dreamrelation --relations orbits --seeds 1
@@ -37,11 +37,13 @@ Timing, measured with a random-weight model of the toy architecture (tiny_random
 thread on 2 CPU cores shared with another training job: ~0.07 s per training step (a 400-step run ~30 s with
 its fixed costs), ~2 s per generated 25x96x96 video at 30 sampling steps, ~15 s to encode a relation's 6
 clips once. All rows with 1 seed took 11.2 min (peak RSS 0.9 GB), so the defaults (2 relations, 7 trained
-rows, 3 seeds, 400 steps, 6 prompts per relation; 42 runs, 288 videos) take about 33 minutes; --masks both adds
-the 5 mask-dependent rows again (~+20 min); --quick took 51 s.
+rows, 3 seeds, 400 steps, 6 prompts per relation; 42 runs, 288 videos) were estimated at 33 minutes; on the
+trained toy model, alone on the cores, they took 17 min (1036 s); --masks both adds the 5 mask-dependent rows
+again; --quick took 51 s.
 
-400 steps at the method's learning rate (2e-4) is what the budget allows; it is not yet checked against the
-trained toy model. If the full method barely beats the base row there, raise --steps or --lr first.
+400 steps at the method's learning rate (2e-4) is what the budget allows. On the current toy model every row
+scores zero relation accuracy (its base model does not yet keep subjects coherent across latent frames; see
+README), so steps and learning rate are not the limit there yet.
 """
 
 from __future__ import annotations
