@@ -71,7 +71,7 @@ def poll(url: str, job_id: str, seconds: float, clients: int, interval: float = 
 
     Returns {endpoint: {"latencies": [s, ...], "errors": [message, ...]}}.
     """
-    start = time.time() + CONNECT_S  # every client connects first, then all begin together
+    start = time.time() + CONNECT_S  # every client connects first, then all begin within one interval
     command = [sys.executable, __file__, "--one-client", url, job_id, str(start), str(seconds), str(interval)]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})

@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "third of 96 px).")
     parser.add_argument("--transformer-steps", type=int, default=10000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Transformer peak learning rate (cosine decay to a tenth).")
+    parser.add_argument("--lr", type=float, default=3e-4,
+                        help="Transformer peak learning rate (cosine decay to a tenth).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
     parser.add_argument("--quick", action="store_true", help="A seconds-long run of every phase (for tests).")
     args = parser.parse_args(argv)

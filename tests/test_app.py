@@ -150,7 +150,6 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(app_server, relation
     assert client.predict(job_id, api_name="/job_status")["state"] == "done"
 
 
-
 def test_twenty_clients_poll_for_a_minute_while_training_without_an_error(tmp_path, cache_dir, relation_videos):
     bench = load_script("benchmarks/app_latency.py")
     port = free_port()

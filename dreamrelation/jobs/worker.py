@@ -2,8 +2,9 @@
 
 The scheduler starts it in its own process group with stdout and stderr going to HOME/jobs/ID/worker.log.
 It trains in this process, continuing from the newest checkpoint of the job's output folder when there is
-one, and records the outcome in the job table. It lowers its own CPU priority (WORKER_NICENESS) first. SIGTERM keeps its default action (exit at once): everything
-worth keeping is already on disk as checkpoints, so there is nothing to clean up.
+one, and records the outcome in the job table. It lowers its own CPU priority (WORKER_NICENESS) first.
+SIGTERM keeps its default action (exit at once): everything worth keeping is already on disk as checkpoints,
+so there is nothing to clean up.
 """
 
 from __future__ import annotations
