@@ -6,8 +6,14 @@ groups: trained relations with seen subject pairs, trained relations with unseen
 world.HELD_OUT_COLOUR_PAIRS that training left out), and held-out relations (the base model should be poor on
 those: that is what relation customisation is for). Prints a markdown table.
 
+With --hand-over it measures instead where the model loses relations: the same generation of trained relations
+(seen pairs), except that when the sampler first reaches noise level σ0 its latents are replaced by the scene's
+own rendered clip, VAE-encoded and noised to that level: (1 - σ) z0 + σ ε. From there on the model only has to
+keep the subjects' paths. σ0 = 0 is the VAE round trip (the most the judge can see), σ0 = 1 plain generation.
+
     PYTHONPATH=. python benchmarks/toy_quality.py --model toy
     PYTHONPATH=. python benchmarks/toy_quality.py --model /tmp/toy --per-relation 4 --steps 20
+    PYTHONPATH=. python benchmarks/toy_quality.py --model toy --hand-over 0 0.5 0.7 0.85 0.95 1
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from dreamrelation.config import GenerateConfig, ModelConfig
 from dreamrelation.generate import render
 from dreamrelation.models import load_model
 from dreamrelation.toyworld.captions import caption, prompt_subjects
 from dreamrelation.toyworld.judges import judge_appearance, judge_relation
+from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.world import HELD_OUT_RELATIONS, TRAINED_RELATIONS, is_held_out_pair, sample_scenes
 
 
@@ -33,17 +42,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=6.0, help="Classifier-free guidance scale.")
     parser.add_argument("--frames", type=int, default=25, help="Frames (6k+1).")
     parser.add_argument("--size", type=int, default=96, help="Frame side in pixels.")
+    parser.add_argument("--hand-over", type=float, nargs="+", metavar="SIGMA",
+                        help="Noise levels σ0 at which generation takes over the scene's own noised clip.")
     return parser.parse_args(argv)
 
 
-def score(loaded, scene, args) -> dict[str, bool]:
-    """Generate the scene's caption and judge the video: relation (with roles), colours, shapes."""
+def hand_over_at(loaded, scene, args, sigma: float, used: list[float]):
+    """A `callback_on_step_end` that, after the first step whose next noise level is <= `sigma`, swaps the
+    latents for the scene's rendered clip noised to that level; appends the level to `used`."""
+    frames = render_scene(scene, args.frames, args.size, args.size)[0]
+    clean = loaded.spec.normalize_latents(loaded.pipe.vae.config, loaded.spec.encode_clip(loaded.pipe, frames)[0][None])
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(scene.seed))
+
+    def callback(pipe, step, timestep, tensors):
+        level = 1.0 - float(pipe.scheduler.sigmas[step + 1])  # Mochi's scheduler counts sigmas from the noise end
+        if used or level > sigma:
+            return tensors
+        used.append(level)
+        latents = tensors["latents"]
+        return {"latents": ((1.0 - level) * clean + level * noise).to(latents)}
+
+    return callback
+
+
+def score(loaded, scene, args, callback=None) -> dict[str, bool]:
+    """Generate the scene's caption (handing over to `callback` after each step, when given) and judge the
+    video: relation (with roles), colours, shapes."""
     prompt = caption(scene)
     request = GenerateConfig(
         prompt=prompt, seed=scene.seed, steps=args.steps, guidance_scale=args.guidance,
         num_frames=args.frames, height=args.size, width=args.size,
     )
-    frames = render(loaded, request)
+    frames = render(loaded, request, callback)
     first, second = prompt_subjects(prompt)
     verdict = judge_relation(frames, first, second)
     appearance = judge_appearance(frames, (first, second))
@@ -61,10 +91,35 @@ def evaluation_scenes(relation: str, count: int, unseen: bool, seed: int) -> lis
     return picked[:count]
 
 
+def hand_over_table(loaded, args) -> None:
+    """Print relation and colour accuracy on trained relations (seen pairs) for each hand-over level σ0."""
+    scenes = [s for index, relation in enumerate(TRAINED_RELATIONS)
+              for s in evaluation_scenes(relation, args.per_relation, False, args.seed + index)]
+    print(f"\nmodel {args.model}: trained relations, seen pairs, {args.per_relation} videos per relation, "
+          f"{args.steps} steps, CFG {args.guidance}; the scene's own clip noised to σ replaces the latents once the "
+          f"sampler reaches σ0\n")
+    print("| hand-over σ0 | σ at hand-over (mean) | relation acc. (roles) | colour acc. | videos |")
+    print("|---|---|---|---|---|")
+    for sigma in args.hand_over:
+        levels: list[float] = []
+        rows = []
+        for scene in scenes:
+            used: list[float] = []
+            callback = hand_over_at(loaded, scene, args, sigma, used) if sigma < 1 else None
+            rows.append(score(loaded, scene, args, callback))
+            levels += used
+        level = f"{sum(levels) / len(levels):.3f}" if levels else "- (plain generation)"
+        means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour")]
+        print(f"| {sigma:g} | {level} | {means[0]:.2f} | {means[1]:.2f} | {len(rows)} |")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     name = args.model if args.model == "toy" else str(Path(args.model))
     loaded = load_model(ModelConfig(name=name, device="auto"))
+    if args.hand_over:
+        hand_over_table(loaded, args)
+        return
     groups = [(r, "seen pairs", False) for r in TRAINED_RELATIONS] + [(r, "unseen pairs", True) for r in TRAINED_RELATIONS]
     groups += [(r, "held-out relation", False) for r in HELD_OUT_RELATIONS]
     results: dict[tuple[str, str], list[dict[str, bool]]] = defaultdict(list)

@@ -60,8 +60,12 @@ def load_relation_lora(loaded: LoadedModel, lora_file: Path, scale: float = 1.0,
         pipe.set_adapters([LORA_ADAPTER_NAME], [scale])
 
 
-def render(loaded: LoadedModel, config: GenerateConfig) -> np.ndarray:
-    """Run the pipeline for one request with whatever adapters are active; returns uint8 (F, H, W, 3)."""
+def render(loaded: LoadedModel, config: GenerateConfig, callback=None) -> np.ndarray:
+    """Run the pipeline for one request with whatever adapters are active; returns uint8 (F, H, W, 3).
+
+    `callback` is the pipeline's `callback_on_step_end(pipe, step, timestep, {"latents": ...})`, which may
+    return replacement latents.
+    """
     num_frames, height, width = clip_settings(loaded, config)
     pipe = loaded.pipe
     output = pipe(
@@ -75,6 +79,7 @@ def render(loaded: LoadedModel, config: GenerateConfig) -> np.ndarray:
         generator=torch.Generator("cpu").manual_seed(config.seed),
         max_sequence_length=loaded.spec.max_text_length(pipe),
         output_type="np",
+        callback_on_step_end=callback,
     )
     return (np.clip(output.frames[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
