@@ -7,7 +7,8 @@ Phases, each resumable from WORK_DIR (rerun the same command after an interrupti
   3. latents    encode every clip (VAE mean) and caption (a frozen random T5 over the word-level vocabulary);
   4. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
                 `training_forward` the relation trainer uses), batched attention, caption dropout for CFG,
-                without the clips of world.HELD_OUT_COLOUR_PAIRS (kept unseen for the quality bar);
+                without the clips of world.HELD_OUT_COLOUR_PAIRS (kept unseen for the quality bar); with
+                --train-text-encoder the T5 trains with it, encoding the captions at every step;
   5. save       `MochiPipeline.save_pretrained(OUTPUT)`, loadable with `from_pretrained` like a Hub model.
 
     PYTHONPATH=. python scripts/train_toy_base.py --output assets/models/toy           # the real run
@@ -61,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4,
                         help="Transformer peak learning rate (cosine decay to a tenth).")
+    parser.add_argument("--train-text-encoder", action="store_true",
+                        help="Train the T5 with the transformer (else it stays frozen and the cached encodings serve).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
     parser.add_argument("--quick", action="store_true", help="A seconds-long run of every phase (for tests).")
     args = parser.parse_args(argv)
@@ -186,24 +189,37 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
     return peak * warmup * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
 
 
-def train_transformer(transformer, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
+def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
     """Phase 4: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
     spec = MochiSpecification()
+    transformer = pipe.transformer
     use_batched_attention(transformer)
-    transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
+    trained = transformer
+    if args.train_text_encoder:
+        trained = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": pipe.text_encoder})
+    trained.train()
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     # Clips of the held-out colour pairs stay out of training (the quality bar's unseen subject pairs).
     seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
     latents, embeds, masks = data["latents"][seen], data["embeds"][seen], data["masks"][seen]
+    seen_captions = [c for c, keep in zip(captions, seen.tolist()) if keep]
+
+    def encode(picks: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if args.train_text_encoder:
+            prompts = ["" if d else seen_captions[p] for p, d in zip(picks.tolist(), drop.tolist())]
+            encoded = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                         max_sequence_length=spec.max_text_length(pipe), device=args.device)
+            return encoded[0], encoded[1]
+        text = torch.where(drop[:, None, None], data["empty_embeds"], embeds[picks])
+        return text, torch.where(drop[:, None], data["empty_mask"], masks[picks])
 
     def step(index):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(index, args.transformer_steps, args.lr)
         picks = torch.randint(len(latents), (args.batch,), generator=generator)
         drop = torch.rand(args.batch, generator=generator) < 0.1
-        text = torch.where(drop[:, None, None], data["empty_embeds"], embeds[picks])
-        text_mask = torch.where(drop[:, None], data["empty_mask"], masks[picks])
+        text, text_mask = encode(picks, drop)
         z0 = latents[picks]
         noise = torch.randn(z0.shape, generator=generator)
         sigmas = torch.rand(args.batch, generator=generator)
@@ -213,8 +229,8 @@ def train_transformer(transformer, data: dict[str, torch.Tensor], captions: list
         )
         return ((pred - target) ** 2).mean()
 
-    resumable_loop("transformer", transformer, optimizer, args.transformer_steps, args, step, log)
-    transformer.eval()
+    resumable_loop("transformer", trained, optimizer, args.transformer_steps, args, step, log)
+    trained.eval()
 
 
 def main(argv=None) -> None:
@@ -223,12 +239,12 @@ def main(argv=None) -> None:
     log = LossLog(args.work_dir / "loss.jsonl")
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed, size=args.model_size).to(args.device)
-    pipe.text_encoder.requires_grad_(False)  # a frozen random T5: word embeddings alone tell the words apart
+    pipe.text_encoder.requires_grad_(args.train_text_encoder)
     clips, captions = render_clips(args)
     train_vae(pipe.vae, clips, args, log)
     data = encode_latents(pipe, clips, captions, args)
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
-    train_transformer(pipe.transformer, data, captions, args, log)
+    train_transformer(pipe, data, captions, args, log)
     pipe.to("cpu").save_pretrained(args.output)
     write_clip_defaults(args.output, ClipDefaults(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
     print(f"saved the toy MochiPipeline to {args.output}")

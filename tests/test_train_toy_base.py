@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from helpers import load_script
 
 from dreamrelation.config import GenerateConfig, ModelConfig
@@ -26,3 +28,19 @@ def test_quick_run_saves_a_loadable_pipeline_and_resumes(tmp_path, cache_dir):
         tmp_path / "video.mp4",
     )
     assert result.frames.shape == (7, 32, 32, 3)
+
+
+def test_train_text_encoder_trains_the_t5_and_frozen_keeps_it(tmp_path):
+    from transformers import T5EncoderModel
+
+    from dreamrelation.models.tiny_random import build_tiny_pipeline
+
+    script = load_script("scripts/train_toy_base.py")
+    initial = build_tiny_pipeline(seed=0, size="tiny").text_encoder.state_dict()
+    changed = {}
+    for flag in ([], ["--train-text-encoder"]):
+        out = tmp_path / f"toy{len(flag)}"
+        script.main(["--quick", "--output", str(out), "--work-dir", str(tmp_path / f"work{len(flag)}"), *flag])
+        saved = T5EncoderModel.from_pretrained(out / "text_encoder").state_dict()
+        changed[bool(flag)] = any(not torch.equal(saved[k], v) for k, v in initial.items())
+    assert changed == {False: False, True: True}
