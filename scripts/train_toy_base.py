@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4,
                         help="Transformer peak learning rate (cosine decay to a tenth).")
+    parser.add_argument("--sigma-shift", type=float, default=1.0,
+                        help="Push training noise levels towards noise: σ -> shift·σ / (1 + (shift - 1)·σ), σ uniform.")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="Train the T5 with the transformer (else it stays frozen and the cached encodings serve).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
@@ -222,7 +224,8 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
         text, text_mask = encode(picks, drop)
         z0 = latents[picks]
         noise = torch.randn(z0.shape, generator=generator)
-        sigmas = torch.rand(args.batch, generator=generator)
+        uniform = torch.rand(args.batch, generator=generator)
+        sigmas = args.sigma_shift * uniform / (1.0 + (args.sigma_shift - 1.0) * uniform)
         pred, target = spec.training_forward(
             transformer, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
             text.to(args.device), text_mask.to(args.device), torch.float32,
