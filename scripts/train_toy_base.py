@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-4,
                         help="Transformer peak learning rate (cosine decay to a tenth).")
     parser.add_argument("--sigma-shift", type=float, default=1.0,
-                        help="Push training noise levels towards noise: uniform σ -> shift·σ / (1 + (shift - 1)·σ).")
+                        help="Push training noise levels towards noise: "
+                             "uniform σ -> shift·σ / (1 + (shift - 1)·σ).")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="Train the T5 with the transformer (else it stays frozen and the cached encodings serve).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
