@@ -47,15 +47,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def hand_over_at(loaded, scene, args, sigma: float, used: list[float]):
-    """A `callback_on_step_end` that, after the first step whose next noise level is <= `sigma`, swaps the
-    latents for the scene's rendered clip noised to that level; appends the level to `used`."""
+def noised_clip(loaded, scene, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scene's rendered clip as the pipeline's normalised latents z0 (1, C, F', H', W') and its seeded noise ε."""
     frames = render_scene(scene, args.frames, args.size, args.size)[0]
     clean = loaded.spec.normalize_latents(loaded.pipe.vae.config, loaded.spec.encode_clip(loaded.pipe, frames)[0][None])
-    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(scene.seed))
+    return clean, torch.randn(clean.shape, generator=torch.Generator().manual_seed(scene.seed))
+
+
+def hand_over_at(clean: torch.Tensor, noise: torch.Tensor, sigma: float, used: list[float]):
+    """A `callback_on_step_end` that, after the first step whose next noise level is <= `sigma`, swaps the
+    latents for (1 - level) * clean + level * noise; appends the level to `used`."""
 
     def callback(pipe, step, timestep, tensors):
-        level = 1.0 - float(pipe.scheduler.sigmas[step + 1])  # Mochi's scheduler counts sigmas from the noise end
+        next_sigma = float(pipe.scheduler.sigmas[step + 1])
+        level = 1.0 - next_sigma if pipe.scheduler.config.invert_sigmas else next_sigma  # Mochi's are inverted
         if used or level > sigma:
             return tensors
         used.append(level)
@@ -100,13 +105,13 @@ def hand_over_table(loaded, args) -> None:
           f"sampler reaches σ0\n")
     print("| hand-over σ0 | σ at hand-over (mean) | relation acc. (roles) | colour acc. | videos |")
     print("|---|---|---|---|---|")
+    clips = [noised_clip(loaded, scene, args) for scene in scenes]  # encoded once, used at every level
     for sigma in args.hand_over:
         levels: list[float] = []
         rows = []
-        for scene in scenes:
+        for scene, (clean, noise) in zip(scenes, clips):
             used: list[float] = []
-            callback = hand_over_at(loaded, scene, args, sigma, used) if sigma < 1 else None
-            rows.append(score(loaded, scene, args, callback))
+            rows.append(score(loaded, scene, args, hand_over_at(clean, noise, sigma, used) if sigma < 1 else None))
             levels += used
         level = f"{sum(levels) / len(levels):.3f}" if levels else "- (plain generation)"
         means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour")]

@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--transformer-steps", type=int, default=10000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4,
-                        help="Transformer peak learning rate (cosine decay to a tenth).")
+                        help="Peak learning rate of the transformer (and T5 when trained); cosine decay to a tenth.")
     parser.add_argument("--sigma-shift", type=float, default=1.0,
                         help="Push training noise levels towards noise: "
                              "uniform σ -> shift·σ / (1 + (shift - 1)·σ).")

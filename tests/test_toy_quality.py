@@ -24,7 +24,7 @@ def test_hand_over_at_zero_is_the_vae_round_trip_of_the_scene():
     frames = render(loaded, GenerateConfig(
         prompt="A red circle approaches a blue square.", seed=0, steps=ARGS.steps, guidance_scale=ARGS.guidance,
         num_frames=ARGS.frames, height=ARGS.size, width=ARGS.size,
-    ), script.hand_over_at(loaded, scene, ARGS, 0.0, used))
+    ), script.hand_over_at(*script.noised_clip(loaded, scene, ARGS), 0.0, used))
 
     # By hand: the VAE mean of the rendered clip, decoded straight back.
     clip = torch.from_numpy(render_scene(scene, ARGS.frames, ARGS.size, ARGS.size)[0]).permute(3, 0, 1, 2)[None]
@@ -41,7 +41,7 @@ def test_hand_over_happens_once_at_the_first_level_not_above_sigma():
     loaded = load_model(ModelConfig(name="toy", device="cpu"))
     scene = sample_scenes(1, seed=4)[0]
     used: list[float] = []
-    callback = script.hand_over_at(loaded, scene, ARGS, 0.7, used)
+    callback = script.hand_over_at(*script.noised_clip(loaded, scene, ARGS), 0.7, used)
     loaded.pipe.scheduler.set_timesteps(sigmas=[1.0, 0.8, 0.5, 0.1])  # noise levels; 0 follows the last
     latents = torch.zeros(1, 12, 2, 12, 12)
     untouched = [callback(loaded.pipe, step, None, {"latents": latents})["latents"] for step in range(3)]

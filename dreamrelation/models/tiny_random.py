@@ -7,6 +7,7 @@ exactly like a Hub model, so every code path is the one Mochi-1 takes.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -67,9 +68,7 @@ def axial_rope_frequencies(heads: int, pairs: int) -> torch.Tensor:
     for axis, (low, high) in enumerate((TIME_FREQUENCIES, SPACE_FREQUENCIES, SPACE_FREQUENCIES)):
         on_axis = list(range(axis, pairs, 3))
         if on_axis:
-            frequencies[axis, :, on_axis] = torch.logspace(
-                torch.log10(torch.tensor(high)), torch.log10(torch.tensor(low)), len(on_axis)
-            )
+            frequencies[axis, :, on_axis] = torch.logspace(math.log10(high), math.log10(low), len(on_axis))
     return frequencies
 
 
