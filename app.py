@@ -11,6 +11,7 @@ endpoints gradio_client calls; --mcp serves the same endpoints to MCP clients.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -33,13 +34,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("dreamrelation").addHandler(handler)
+    logging.getLogger("dreamrelation").setLevel(logging.INFO)
     home = args.home or default_home()
     studio = Studio(home, ModelConfig(name=args.model))
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     build_demo(studio).queue(default_concurrency_limit=4).launch(
         auth=auth,
         max_file_size=MAX_UPLOAD,
-        allowed_paths=[str(studio.workspace.home)],
+        # Nothing under the data folder is served by path (the job table, logs, other owners' files):
+        # callbacks hand out copies in gradio's cache, and file inputs must be this session's uploads.
+        blocked_paths=[str(studio.workspace.home)],
         mcp_server=args.mcp,
         theme="soft",
         show_error=True,

@@ -19,6 +19,7 @@ from dreamrelation.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    describe_validation_error,
 )
 
 # flag -> (config section, field). Sections are RunConfig's attribute names; "generate" is GenerateConfig.
@@ -112,6 +113,12 @@ class CliError(Exception):
     """A problem to report in one line with exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line like every other error (argparse would print the usage first); --help shows the usage.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _scalar_type(annotation):
     """int/float/str/Path for argparse, unwrapping Optional and Literal."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -155,15 +162,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict]:
     return sections
 
 
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(x) for x in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     """RunConfig from --config FILE.yaml (if given) with the command-line flags on top."""
     overrides = _overrides(args)
@@ -199,11 +197,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _captions_for(videos: list[Path], caption: str | None) -> list[tuple[Path, str]]:
     """(video, caption) pairs: --caption for all, else each video's sibling VIDEO.txt (missing: empty, which
-    ingestion rejects with its message)."""
+    ingestion rejects with its message). CliError for a caption file that is not UTF-8 text."""
     pairs = []
     for video in videos:
         sibling = video.with_suffix(".txt")
-        text = caption if caption is not None else (sibling.read_text(encoding="utf-8") if sibling.is_file() else "")
+        try:
+            text = caption if caption is not None else (sibling.read_text(encoding="utf-8") if sibling.is_file() else "")
+        except UnicodeDecodeError:
+            raise CliError(f"{sibling}: caption is not UTF-8 text; save it as UTF-8") from None
         pairs.append((video, text))
     return pairs
 
@@ -250,7 +251,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamrelation", description="Relation-centric video customisation.")
+    parser = _Parser(prog="dreamrelation", description="Relation-centric video customisation.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="Train a relation LoRA on a dataset folder.")
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ValidationError as error:
-        message = _validation_message(error)
+        message = describe_validation_error(error)
     except (
         CliError, DatasetError, VideoError, IngestError, SubjectError, DetectorUnavailable, SegmenterUnavailable,
         GenerationError, ModelLoadError, OSError,

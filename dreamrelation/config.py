@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import json
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+MAX_SEED = 2**32 - 1  # what torch.Generator.manual_seed and numpy take
+MAX_SIDE = 4096  # pixels of a clip's height or width
+MAX_TRAIN_STEPS = 100_000
+MAX_DENOISING_STEPS = 1000
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
@@ -38,6 +45,43 @@ def _check_clip_shape(settings) -> None:
             raise ValueError(f"{name} must be a multiple of 16, got {value}")
 
 
+def describe_validation_error(error: ValidationError) -> str:
+    """One line for a pydantic error of these settings: each violation as 'field: what is wrong', with the
+    field's whole allowed range and the value given (what the CLI and the app show)."""
+    model = {config.__name__: config for config in _Settings.__subclasses__()}.get(error.title)
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        bounds = _bounds(model, item["loc"]) if item["type"] in _BOUND_ERRORS else None
+        if bounds is not None:
+            message = f"must be {bounds}, got {item['input']!r}"
+        elif item["type"] not in ("value_error", "missing") and "got" not in message and "input" in item:
+            message = f"{message}, got {item['input']!r}"
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _bounds(model: type[BaseModel] | None, loc: tuple) -> str | None:
+    """'from A to B' (or 'at least A' / 'at most B') of the field at `loc` of `model`, None when unknown."""
+    field = None
+    for name in loc:
+        if model is None or name not in model.model_fields:
+            return None
+        field = model.model_fields[name]
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+    limits = {name: getattr(rule, name) for rule in field.metadata for name in ("gt", "ge", "lt", "le")
+              if hasattr(rule, name)}
+    low = f"above {limits['gt']}" if "gt" in limits else (f"at least {limits['ge']}" if "ge" in limits else None)
+    high = f"below {limits['lt']}" if "lt" in limits else (f"at most {limits['le']}" if "le" in limits else None)
+    if "ge" in limits and "le" in limits:
+        return f"from {limits['ge']} to {limits['le']}"
+    return " and ".join(part for part in (low, high) if part) or None
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -55,7 +99,7 @@ class ModelConfig(_Settings):
         "auto", description="Base weights' dtype: 'auto' is bf16 on GPU and fp32 on CPU. Adapters always stay fp32."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Cache for built models and latents.")
-    seed: int = Field(0, description="Seed of the tiny-random model's weights.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the tiny-random model's weights.")
 
 
 class DataConfig(_Settings):
@@ -64,8 +108,8 @@ class DataConfig(_Settings):
     data_dir: Path = Field(..., description="Folder with NAME.mp4|.mov|.webm videos, NAME.txt captions, masks/NAME/.")
     masks_dir: Path | None = Field(None, description="Masks folder when not DATA/masks (the reference's layout).")
     num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, description="Clip height in pixels (multiple of 16); None: model default.")
-    width: int | None = Field(None, ge=16, description="Clip width in pixels (multiple of 16); None: model default.")
+    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip height in pixels (multiple of 16); None: model default.")
+    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip width in pixels (multiple of 16); None: model default.")
     frame_sampling: Literal["first", "uniform"] = Field(
         "first", description="'first': the first frames at the source rate; 'uniform': spread over the whole video."
     )
@@ -80,8 +124,8 @@ class IngestConfig(_Settings):
     """How raw uploads become the normalised clips of a relation dataset."""
 
     num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, description="Clip height (multiple of 16); None: the model's default.")
-    width: int | None = Field(None, ge=16, description="Clip width (multiple of 16); None: the model's default.")
+    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip height (multiple of 16); None: the model's default.")
+    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip width (multiple of 16); None: the model's default.")
     fps: float | None = Field(None, gt=0, description="Frame rate clips are resampled to; None: the model's.")
     frame_sampling: Literal["first", "uniform"] = Field(
         "first", description="'first': the first seconds at the target rate; 'uniform': spread over the whole video."
@@ -138,6 +182,29 @@ class MasksConfig(_Settings):
         return size, stride
 
 
+class MaskCorrection(_Settings):
+    """Clicked points that correct one subject's mask on one frame of a dataset video."""
+
+    frame: int = Field(0, ge=0, le=100_000, description="Index of the frame the points were clicked on.")
+    subject: Literal[1, 2] = Field(1, description="The subject the points are for: 1 or 2.")
+    points: list[tuple[float, float, Literal[0, 1]]] = Field(
+        ..., min_length=1, max_length=100,
+        description="Points as [[x, y, label], ...] in pixels of the frame; label 1 on the subject, 0 not.",
+    )
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _parse_json(cls, value):
+        if isinstance(value, str):  # what a text box or an API client sends
+            try:
+                value = json.loads(value or "[]")
+            except json.JSONDecodeError:
+                value = None
+        if not isinstance(value, list) or not all(isinstance(p, (list, tuple)) and len(p) == 3 for p in value):
+            raise ValueError("write the points as [[x, y, label], ...] (label 1 on the subject, 0 not)")
+        return value
+
+
 class MethodConfig(_Settings):
     """The DreamRelation method: adapters, hybrid-mask loss and relational contrastive loss."""
 
@@ -149,7 +216,7 @@ class MethodConfig(_Settings):
     relation_placement: Literal["qk", "q", "v"] = Field(
         "qk", description="Projections of the relation adapter ('qk' is the paper's; others are ablations)."
     )
-    rank: int = Field(16, ge=1, description="LoRA rank of the relation and subject adapters.")
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the relation and subject adapters.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha of the relation and subject adapters.")
     ffn_rank: int | None = Field(None, ge=1, description="Rank of the ffn adapter; None: same as rank.")
     ffn_alpha: float | None = Field(None, gt=0, description="Alpha of the ffn adapter; None: same as alpha.")
@@ -177,12 +244,12 @@ class TrainConfig(_Settings):
     """The optimisation loop."""
 
     output_dir: Path = Field(Path("outputs/relation"), description="Where checkpoints, progress and the LoRA go.")
-    steps: int = Field(2000, ge=1, description="Optimizer steps.")
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    steps: int = Field(2000, ge=1, le=MAX_TRAIN_STEPS, description="Optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(200, ge=0, description="Linear warm-up steps (capped at 10% of steps), then cosine.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of training on the empty caption.")
-    seed: int = Field(0, description="Seed of every random choice in training.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random choice in training.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many newest checkpoints to keep.")
@@ -197,13 +264,13 @@ class GenerateConfig(_Settings):
 
     prompt: str = Field(..., description="What to generate, e.g. 'A bear is shaking hands with a raccoon.'")
     negative_prompt: str = Field("", description="What to steer away from.")
-    seed: int = Field(0, description="Seed of the initial noise.")
-    steps: int = Field(64, ge=2, description="Denoising steps (diffusers' Mochi needs at least 2).")
-    guidance_scale: float = Field(6.0, ge=0, description="Classifier-free guidance scale.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial noise.")
+    steps: int = Field(64, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (diffusers' Mochi needs at least 2).")
+    guidance_scale: float = Field(6.0, ge=0, le=50, description="Classifier-free guidance scale.")
     num_frames: int | None = Field(None, ge=1, description="Frames (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, description="Height in pixels (multiple of 16); None: model default.")
-    width: int | None = Field(None, ge=16, description="Width in pixels (multiple of 16); None: model default.")
-    lora_scale: float = Field(1.0, ge=0, description="Strength of the relation LoRA.")
+    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Height in pixels (multiple of 16); None: model default.")
+    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Width in pixels (multiple of 16); None: model default.")
+    lora_scale: float = Field(1.0, ge=0, le=10, description="Strength of the relation LoRA.")
     fuse_lora: bool = Field(False, description="Fuse the LoRA into the weights (faster steps).")
     cpu_offload: bool = Field(False, description="Model CPU offload (GPU memory saver).")
     vae_tiling: bool = Field(False, description="Decode in tiles (GPU memory saver).")

@@ -3,6 +3,7 @@ file, with the peft metadata that keeps alpha and per-module ranks, and a model 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from peft.utils import get_peft_model_state_dict
 
 from dreamrelation.config import MethodConfig, RunConfig
 from dreamrelation.method.adapters import adapter_specs, exported_adapters
+from dreamrelation.models import hub_id
 
 LORA_FILENAME = "relation_lora.safetensors"
 
@@ -63,6 +65,8 @@ def export_lora(
         transformer_lora_adapter_metadata=metadata,
     )
     (output_dir / "README.md").write_text(model_card(run, pipeline_class.__name__, captions))
+    # diffusers writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
+    os.chmod(output_dir / LORA_FILENAME, 0o644)
     return output_dir / LORA_FILENAME
 
 
@@ -70,10 +74,12 @@ def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:
     """A Hub-style model card: base model, relation, trigger caption, settings and how to load it."""
     captions = sorted(set(captions))
     method = run.method
+    repo_id = hub_id(run.model.name)
+    base = repo_id or f"<the folder of the base model this was trained on ({run.model.name})>"
+    base_line = f"base_model: {repo_id}\n" if repo_id else ""
     return f"""---
 library_name: diffusers
-base_model: {run.model.name}
-tags: [lora, text-to-video, dreamrelation, relation]
+{base_line}tags: [lora, text-to-video, dreamrelation, relation]
 ---
 # Relation LoRA ({method.mode})
 
@@ -87,7 +93,7 @@ A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dro
 
 ```python
 from diffusers import {pipeline_name}
-pipe = {pipeline_name}.from_pretrained("{run.model.name}")
+pipe = {pipeline_name}.from_pretrained("{base}")
 pipe.load_lora_weights("<this folder>", weight_name="{LORA_FILENAME}")
 video = pipe("{captions[0]}").frames[0]
 ```

@@ -44,9 +44,17 @@ def resolve_lora_file(lora: Path) -> Path:
 
 
 def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int, int]:
-    """(num_frames, height, width) of a request, the model's defaults filling what it leaves open."""
+    """(num_frames, height, width) of a request, the model's defaults filling what it leaves open.
+
+    Raises GenerationError for a request the model cannot take (too many frames, an over-long prompt)."""
     defaults = loaded.defaults
-    return (config.num_frames or defaults.num_frames, config.height or defaults.height, config.width or defaults.width)
+    num_frames = config.num_frames or defaults.num_frames
+    if problem := loaded.spec.clip_length_problem(num_frames):
+        raise GenerationError(problem)
+    for name, text in (("prompt", config.prompt), ("negative_prompt", config.negative_prompt)):
+        if problem := loaded.spec.text_length_problem(loaded.pipe, text):
+            raise GenerationError(f"{name} is {problem}")
+    return num_frames, config.height or defaults.height, config.width or defaults.width
 
 
 def load_relation_lora(loaded: LoadedModel, lora_file: Path, scale: float = 1.0, fuse: bool = False) -> None:

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from dreamrelation.data.video import probe_video
@@ -68,17 +70,43 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
         (["train", "--data", "{data}", "--model", "no-such-model"], "unknown model"),
         (["generate", "--prompt", " ", "--output", "{out}/x.mp4"], "prompt is empty"),
         (["generate", "--prompt", "A dog.", "--lora", "{missing}", "--output", "{out}/x.mp4"], "no relation LoRA"),
+        (["train", "--data", "{data}", "--seed", "-1"], "train.seed: must be from 0 to 4294967295, got -1"),
+        (["train", "--data", "{data}", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
+        (["train", "--data", "{data}", "--steps", str(10**9)], "train.steps: must be from 1 to 100000"),
+        (["generate", "--prompt", "A dog.", "--seed", str(2**70), "--output", "{out}/x.mp4"], "seed: must be from 0"),
+        (["generate", "--prompt", "A dog.", "--frames", "601", "--output", "{out}/x.mp4", "--device", "cpu",
+          "--model", "tiny-random"], "num_frames: at most 163 for this model, got 601"),
+        (["train", "--data", "{small_masks}", "--frames", "13", "--device", "cpu", "--output", "{out}/run"],
+         "masks are 24x16 but the video is 32x32; export the masks at the video's size"),
+        (["train", "--data", "{noisy_masks}", "--frames", "13", "--device", "cpu", "--output", "{out}/run"],
+         "subject colours"),
+        (["train", "--data", "{long_caption}", "--frames", "13", "--device", "cpu", "--output", "{out}/run"],
+         "caption is 2802 tokens long and the model reads at most 32; shorten it"),
+        (["ingest", "{latin1}", "--data", "{out}/new"], "clip00.txt: caption is not UTF-8 text; save it as UTF-8"),
+        (["ingest", "{video}", "--data", "{video}"], "is a file, not a dataset folder"),
     ],
-    ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora"],
+    ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora",
+         "negative-seed", "non-numeric-steps", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
+         "mask-colours", "long-caption", "latin1-caption", "data-is-a-file"],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_path, args, message):
-    nocaption = write_two_subject_dataset(tmp_path / "nocaption", num_videos=1, num_frames=13)
-    next(nocaption.glob("*.txt")).unlink()
-    values = {"missing": tmp_path / "missing", "nocaption": nocaption, "data": data_dir, "out": tmp_path}
+    values = {"missing": tmp_path / "missing", "data": data_dir, "out": tmp_path}
+    for name in ("nocaption", "small_masks", "noisy_masks", "long_caption", "latin1"):
+        values[name] = write_two_subject_dataset(tmp_path / name, num_videos=1, num_frames=13)
+    next(values["nocaption"].glob("*.txt")).unlink()
+    for png in values["small_masks"].glob("masks/*/*.png"):
+        Image.open(png).resize((24, 16), Image.NEAREST).save(png)
+    for png in values["noisy_masks"].glob("masks/*/*.png"):  # a soft brush: no flat subject colour left
+        noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(np.maximum(np.asarray(Image.open(png).convert("RGB")), noise)).save(png)
+    next(values["long_caption"].glob("*.txt")).write_text("red " * 2800 + "square")
+    next(values["latin1"].glob("*.txt")).write_bytes("Un carré rouge approche un carré vert.".encode("latin-1"))
+    values["latin1"], values["video"] = next(values["latin1"].glob("*.mp4")), next(data_dir.glob("*.mp4"))
     result = run_cli([a.format(**values) for a in args], cache_dir)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "x.mp4").exists()
+    assert len([line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]) == 1, result.stderr
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "new").exists()
 
 
 def test_help_documents_every_option():

@@ -179,11 +179,12 @@ def test_scan_lists_every_problem(tmp_path):
     shutil.rmtree(root / "masks" / "clip02")
     with pytest.raises(DatasetError) as caught:
         scan_dataset(root)
-    lines = str(caught.value).splitlines()
-    assert len(lines) == 4 and lines[0].startswith("3 problem(s)")
-    assert "clip00.txt: missing caption" in lines[1]
-    assert "clip01.txt: caption is empty" in lines[2]
-    assert "clip02: mask folder not found" in lines[3]
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("3 problem(s)")
+    problems = message.split(": ", 1)[1].split(" | ")
+    assert "clip00.txt: missing caption" in problems[0]
+    assert "clip01.txt: caption is empty" in problems[1]
+    assert "clip02: mask folder not found" in problems[2]
 
 
 def test_scan_masks_dir_layout(tmp_path):

@@ -1,27 +1,32 @@
 """Gradio callbacks: turn component values into Studio calls and results into component values.
 
-No ML here. Every callback resolves the caller (owner) from the request, and every error a user can fix
-reaches them as a short gr.Error (gradio_client raises it as AppError with the same message).
+No ML here. Every callback resolves the caller (owner) from the request, every value a caller sends goes
+through the library's pydantic configs, every error a user can fix reaches them as a one-line gr.Error
+(gradio_client raises it as AppError with the same message) and is logged as one line, and every file goes
+out as a copy in gradio's cache (`served`): the data folder itself is never served by path.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+from gradio import processing_utils, utils
 from pydantic import ValidationError
 
-from dreamrelation.config import GenerateConfig
+from dreamrelation.config import GenerateConfig, MaskCorrection, describe_validation_error
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import DatasetReport
 from dreamrelation.studio.service import BASE_MODEL
 from dreamrelation.studio.training import EDITABLE, preset_values
 
 SETTING_NAMES = list(EDITABLE)
+GENERATION_STEPS = 30  # the page's default: seconds on the toy model
+log = logging.getLogger("dreamrelation.app")
 
 try:  # On a ZeroGPU Space a GPU is attached only for the duration of a call decorated with spaces.GPU.
     from spaces import GPU as on_zero_gpu
@@ -30,25 +35,27 @@ except ImportError:
         return fn
 
 
-def owner_of(request: gr.Request | None) -> str:
+def identity_of(request: gr.Request | None) -> str:
     """The logged-in user, else the browser/client session: what scopes every dataset, job and file."""
     if request is None:
-        raise gr.Error("no session: call this through the app or gradio_client")
+        raise gr.Error("no session: call this through the app or gradio_client", print_exception=False)
     return f"user:{request.username}" if request.username else f"session:{request.session_hash}"
 
 
 def _message(error: Exception) -> str:
     if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" if e["loc"]
-            else e["msg"].removeprefix("Value error, ")
-            for e in error.errors()
-        )
+        return describe_validation_error(error)
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def user_errors(fn):
-    """Decorator: a ValueError/OSError/RuntimeError in a callback becomes a one-line gr.Error (no traceback)."""
+    """Decorator: a ValueError/OSError/RuntimeError in a callback becomes a one-line gr.Error, logged as one
+    line (a user's mistake is not a crash: no traceback in the app's log)."""
+
+    def refuse(error: Exception):
+        message = _message(error)
+        log.info("refused %s: %s", fn.__name__, message)
+        return gr.Error(message, print_exception=False)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -57,7 +64,7 @@ def user_errors(fn):
         except gr.Error:
             raise
         except (ValueError, OSError, RuntimeError) as error:
-            raise gr.Error(_message(error)) from None
+            raise refuse(error) from None
 
     @functools.wraps(fn)
     def generator_wrapper(*args, **kwargs):
@@ -66,9 +73,15 @@ def user_errors(fn):
         except gr.Error:
             raise
         except (ValueError, OSError, RuntimeError) as error:
-            raise gr.Error(_message(error)) from None
+            raise refuse(error) from None
 
     return generator_wrapper if inspect.isgeneratorfunction(fn) else wrapper
+
+
+def served(path: Path) -> str:
+    """A copy of one of the owner's files in gradio's cache (content-hashed, salted folder), which is what
+    gradio hands out for any output; app.py blocks the data folder itself from ever being served."""
+    return processing_utils.save_file_to_cache(path, cache_dir=utils.get_upload_folder())
 
 
 def _paths(files) -> list[Path]:
@@ -93,7 +106,7 @@ def report_outputs(report: DatasetReport):
     lines += [f"- rejected: {line}" for line in report.rejected]
     if not report.ready:
         lines.append("No video has masks: training needs at least one.")
-    gallery = [(str(v.overlay), f"{v.name}: {v.caption}") for v in report.videos if v.overlay is not None]
+    gallery = [(served(v.overlay), f"{v.name}: {v.caption}") for v in report.videos if v.overlay is not None]
     names = [v.name for v in report.videos if v.error is None]
     return report.dataset_id, "\n".join(lines), gallery, gr.update(choices=names, value=names[0] if names else None)
 
@@ -101,62 +114,65 @@ def report_outputs(report: DatasetReport):
 def build_callbacks(studio: Studio):
     """The app's callbacks bound to one Studio, as a namespace of functions (names = API names)."""
 
+    def owner_of(request: gr.Request | None) -> str:
+        return studio.owner_key(identity_of(request))
+
     @user_errors
-    def create_masks(videos, captions: str, relation: str, subjects: str, engine: str,
-                     request: gr.Request, progress=gr.Progress()):
+    def create_masks(videos: list[str], captions: str, relation: str, subjects: str = "", engine: str = "auto",
+                     request: gr.Request = None, progress=gr.Progress()):
         """Upload relation videos (1-30) with captions (one per line, or one for all) and make subject masks.
         Returns the dataset id, a summary, the mask overlays and the video names."""
-        report = studio.create_dataset(owner_of(request), relation, _paths(videos), captions or "", subjects or None,
-                                       engine, progress)
+        report = studio.create_dataset(owner_of(request), relation or "", _paths(videos), captions or "",
+                                       subjects or None, engine, progress)
         return report_outputs(report)
 
     @user_errors
-    def load_example(example: str, request: gr.Request):
+    def load_example(example: str, request: gr.Request = None):
         """Start from a bundled example relation dataset (videos, captions, ground-truth masks)."""
         return report_outputs(studio.load_example(owner_of(request), example))
 
     @user_errors
-    def correct_masks(dataset_id: str, video: str, frame: float, subject: str, points: str,
-                      request: gr.Request, progress=gr.Progress()):
-        """Correct one subject: points as JSON [[x, y, label], ...] (label 1 on it, 0 not) on a frame."""
-        parsed = json.loads(points or "[]")
-        if not parsed:
-            raise gr.Error("click the frame to add at least one point first")
-        report = studio.correct_masks(owner_of(request), dataset_id, video, int(frame), 0 if subject.endswith("1") else 1,
-                                      [(float(x), float(y)) for x, y, _ in parsed], [int(l) for _, _, l in parsed],
-                                      progress)
+    def correct_masks(dataset_id: str, video: str, frame: float = 0, subject: str = "subject 1", points: str = "[]",
+                      request: gr.Request = None, progress=gr.Progress()):
+        """Correct one subject ('subject 1' or 'subject 2') on a frame with points as JSON [[x, y, label], ...]
+        (label 1 on it, 0 not); re-propagates that video's masks."""
+        correction = MaskCorrection.model_validate(
+            {"frame": frame, "subject": {"subject 1": 1, "subject 2": 2}.get(subject, subject), "points": points}
+        )
+        report = studio.correct_masks(owner_of(request), dataset_id, video, correction, progress)
         return report_outputs(report)
 
     @user_errors
-    def start_training(request: gr.Request, dataset_id: str, preset: str, *values):
-        """Queue a training job on a dataset with a preset and optional settings; returns the job id."""
-        settings = {name: (None if value in ("", None) else value) for name, value in zip(SETTING_NAMES, values)}
-        for name in ("steps", "rank", "seed", "sample_every", "num_frames", "height", "width"):
-            if settings[name] is not None:
-                settings[name] = int(settings[name])
+    def start_training(dataset_id: str, preset: str = "quick", steps: int | None = None,
+                       learning_rate: float | None = None, seed: int | None = None, sample_every: int | None = None,
+                       rank: int | None = None, lambda_mask: float | None = None,
+                       lambda_contrastive: float | None = None, num_frames: int | None = None,
+                       height: int | None = None, width: int | None = None, request: gr.Request = None):
+        """Queue a training job on a dataset with a preset ('quick' or 'paper'); any setting left out (None)
+        keeps the preset's, clip sizes left out (or 0) the model's. Returns the job id."""
+        values = locals()  # the settings are this function's parameters, named as in EDITABLE
+        settings = {name: None if values[name] in ("", None) else values[name] for name in SETTING_NAMES}
         for name in ("num_frames", "height", "width"):  # a blank browser field arrives as 0: the model's default
             settings[name] = settings[name] or None
-        job = studio.start_training(owner_of(request), dataset_id, preset, settings)
-        return job.id
-
+        return studio.start_training(owner_of(request), dataset_id, preset, settings).id
     @user_errors
     def job_status(job_id: str, request: gr.Request):
         """Stream the job's status (JSON) until it has finished: state, step, steps, ETA, losses, log tail."""
         owner = owner_of(request)
         if not job_id:
             raise gr.Error("no job id: start a training job first")
-        for status in studio.follow_job(owner, job_id.strip()):
+        for status in studio.follow_job(owner, str(job_id).strip()):
             yield status.to_dict()
 
     @user_errors
     def cancel_job(job_id: str, request: gr.Request):
         """Cancel a queued or running job; returns its state."""
-        return studio.cancel_job(owner_of(request), job_id.strip()).state
+        return studio.cancel_job(owner_of(request), str(job_id).strip()).state
 
     @user_errors
     def resume_job(job_id: str, request: gr.Request):
         """Resume a failed or cancelled job from its newest checkpoint; returns its state."""
-        return studio.resume_job(owner_of(request), job_id.strip()).state
+        return studio.resume_job(owner_of(request), str(job_id).strip()).state
 
     @user_errors
     def list_relations(request: gr.Request):
@@ -165,20 +181,22 @@ def build_callbacks(studio: Studio):
 
     @user_errors
     @on_zero_gpu
-    def generate(relation_id: str, prompt: str, negative_prompt: str, seed: float, steps: float, guidance: float,
-                 frames: float, lora_scale: float, request: gr.Request):
-        """Generate a video of a trained relation ('base' for the base model); returns the mp4."""
-        request_config = GenerateConfig(
-            prompt=prompt or "", negative_prompt=negative_prompt or "", seed=int(seed), steps=int(steps),
-            guidance_scale=float(guidance), num_frames=int(frames) if frames else None, lora_scale=float(lora_scale),
-        )
-        record = studio.generate(owner_of(request), (relation_id or BASE_MODEL).strip(), request_config)
-        return str(record.video)
+    def generate(relation_id: str = BASE_MODEL, prompt: str = "", negative_prompt: str = "", seed: int = 0,
+                 steps: int = GENERATION_STEPS, guidance_scale: float = 6.0, num_frames: int | None = None,
+                 lora_scale: float = 1.0, request: gr.Request = None):
+        """Generate a video of a trained relation (its job id; 'base' for the base model alone); num_frames
+        left out (or 0) is the model's. Returns the mp4."""
+        request_config = GenerateConfig.model_validate(dict(
+            prompt=prompt or "", negative_prompt=negative_prompt or "", seed=seed, steps=steps,
+            guidance_scale=guidance_scale, num_frames=num_frames or None, lora_scale=lora_scale,
+        ))
+        record = studio.generate(owner_of(request), str(relation_id or BASE_MODEL).strip(), request_config)
+        return served(record.video)
 
     @user_errors
-    def download_relation(relation_id: str, request: gr.Request):
+    def download_relation(relation_id: str, request: gr.Request = None):
         """The relation's LoRA (diffusers .safetensors) and its training settings (config.yaml)."""
-        return [str(p) for p in studio.relation_files(owner_of(request), relation_id.strip())]
+        return [served(p) for p in studio.relation_files(owner_of(request), str(relation_id).strip())]
 
     # UI-only helpers (not part of the API).
     @user_errors
@@ -194,7 +212,7 @@ def build_callbacks(studio: Studio):
         import pandas as pd
 
         plot = pd.DataFrame(rows or [{"step": 0, "value": 0.0, "term": "loss"}])
-        sample = str(status.sample_video) if status.sample_video else None
+        sample = served(status.sample_video) if status.sample_video else None
         return summary, status.fraction, plot, sample, "\n".join(status.log_tail)
 
     @user_errors
@@ -206,7 +224,7 @@ def build_callbacks(studio: Studio):
     @user_errors
     def relation_gallery(relation_id: str, request: gr.Request):
         records = studio.gallery(owner_of(request), relation_id or BASE_MODEL)
-        return [(str(r.video), f"{r.settings['prompt']} (seed {r.settings['seed']})") for r in records]
+        return [(served(r.video), f"{r.settings['prompt']} (seed {r.settings['seed']})") for r in records]
 
     @user_errors
     def my_jobs(request: gr.Request):

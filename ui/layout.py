@@ -11,7 +11,7 @@ import gradio as gr
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
 from dreamrelation.studio.training import PRESETS, preset_values
-from ui.callbacks import SETTING_NAMES, build_callbacks
+from ui.callbacks import GENERATION_STEPS, SETTING_NAMES, build_callbacks
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
 PRIVATE = {"api_visibility": "private"}
@@ -19,20 +19,26 @@ PRIVATE = {"api_visibility": "private"}
 LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
 
 
+def _value(value, label: str, **kwargs) -> gr.Number:
+    """A number field whose value reaches the callback as sent, for the library's configs to check: a field
+    with gradio's own bounds or rounding would refuse bad values with a traceback in the app's log."""
+    return gr.Number(value, label=label, precision=None, **kwargs)
+
+
 def _settings_form(defaults: dict) -> list[gr.components.Component]:
     """The training settings, in SETTING_NAMES order (blank clip sizes = the model's)."""
     with gr.Row():
-        steps = gr.Number(defaults["steps"], label="Steps", precision=0, elem_id="steps")
-        learning_rate = gr.Number(defaults["learning_rate"], label="Learning rate", elem_id="learning-rate")
-        seed = gr.Number(defaults["seed"], label="Seed", precision=0, elem_id="train-seed")
-        sample_every = gr.Number(defaults["sample_every"], label="Sample every N steps (0: off)", precision=0)
-        rank = gr.Number(defaults["rank"], label="LoRA rank", precision=0, elem_id="rank")
+        steps = _value(defaults["steps"], "Steps", elem_id="steps")
+        learning_rate = _value(defaults["learning_rate"], "Learning rate", elem_id="learning-rate")
+        seed = _value(defaults["seed"], "Seed", elem_id="train-seed")
+        sample_every = _value(defaults["sample_every"], "Sample every N steps (0: off)")
+        rank = _value(defaults["rank"], "LoRA rank", elem_id="rank")
     with gr.Row():
-        lambda_mask = gr.Number(defaults["lambda_mask"], label="λ_m (hybrid mask weight)", elem_id="lambda-mask")
-        lambda_contrastive = gr.Number(defaults["lambda_contrastive"], label="λ_1 (contrastive weight)")
-        num_frames = gr.Number(None, label="Frames (0: model's)", precision=0)
-        height = gr.Number(None, label="Height (0: model's)", precision=0)
-        width = gr.Number(None, label="Width (0: model's)", precision=0)
+        lambda_mask = _value(defaults["lambda_mask"], "λ_m (hybrid mask weight)", elem_id="lambda-mask")
+        lambda_contrastive = _value(defaults["lambda_contrastive"], "λ_1 (contrastive weight)")
+        num_frames = _value(None, "Frames (0: model's)")
+        height = _value(None, "Height (0: model's)")
+        width = _value(None, "Width (0: model's)")
     by_name = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
                    lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
                    height=height, width=width)
@@ -70,7 +76,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             with gr.Accordion("Correct a subject's mask", open=False):
                 with gr.Row():
                     video_name = gr.Dropdown([], label="Video", elem_id="correct-video")
-                    frame = gr.Slider(0, 120, value=0, step=1, label="Frame", elem_id="correct-frame")
+                    frame = _value(0, "Frame", elem_id="correct-frame")
                     subject = gr.Radio(["subject 1", "subject 2"], value="subject 1", label="Subject")
                     label = gr.Radio([("on the subject", 1), ("not the subject", 0)], value=1, label="Click adds")
                 frame_image = gr.Image(label="Click the frame to add points", interactive=False,
@@ -79,7 +85,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 repropagate = gr.Button("Re-propagate with these points", elem_id="repropagate")
 
         with gr.Tab("2. Train", elem_id="tab-train"):
-            preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="preset")
+            # A dropdown that passes any value on: build_run names the presets (a Radio refuses others itself,
+            # logging a traceback for a caller's typo).
+            preset = gr.Dropdown(list(PRESETS), value="quick", label="Preset", allow_custom_value=True,
+                                 elem_id="preset")
             form = _settings_form(preset_values("quick"))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
@@ -103,12 +112,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", placeholder="A red circle orbits a blue square.", elem_id="prompt")
             negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
             with gr.Row():
-                seed = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed")
-                steps = gr.Slider(2, 100, value=30, step=1, label="Steps", elem_id="gen-steps")
-                guidance = gr.Slider(0, 12, value=6.0, step=0.5, label="CFG", elem_id="gen-cfg")
-                frames = gr.Number(studio.clip_defaults.num_frames, label="Frames (6k+1)", precision=0,
-                                   elem_id="gen-frames")
-                lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale", elem_id="lora-scale")
+                seed = _value(0, "Seed", elem_id="gen-seed")
+                steps = _value(GENERATION_STEPS, "Steps", elem_id="gen-steps")
+                guidance = _value(6.0, "CFG", elem_id="gen-cfg")
+                frames = _value(studio.clip_defaults.num_frames, "Frames (6k+1)", elem_id="gen-frames")
+                lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
             result = gr.Video(label="Result", height=320, elem_id="result-video")
             history = gr.Gallery(label="Earlier generations of this relation", columns=4, height=280, elem_id="gallery")
@@ -122,7 +130,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         use_example.click(cb.load_example, [example], mask_outputs, api_name="load_example")
         repropagate.click(cb.correct_masks, [dataset_id, video_name, frame, subject, points], mask_outputs,
                           api_name="correct_masks").then(lambda: "[]", None, points, **PRIVATE)
-        for trigger in (video_name.change, frame.release, overlays.change):
+        for trigger in (video_name.change, frame.change, overlays.change):
             trigger(cb.show_frame, [dataset_id, video_name, frame], frame_image, **PRIVATE)
         frame_image.select(_add_point, [points, label], points, **PRIVATE)
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dreamrelation.config import DataConfig
-from dreamrelation.data.dataset import RelationSample, load_subject_masks
-from dreamrelation.data.video import load_clip
+from dreamrelation.data.dataset import DatasetError, RelationSample, load_subject_masks
+from dreamrelation.data.video import load_clip, probe_video
 
 FORMAT_VERSION = 1
 
@@ -108,8 +108,13 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: str) -> dict[str, torch.Tensor]:
     spec, pipe = loaded.spec, loaded.pipe
+    if problem := spec.text_length_problem(pipe, sample.caption):
+        raise DatasetError(f"{sample.video.with_suffix('.txt')}: caption is {problem}")
     frames, indices = load_clip(sample.video, shape.num_frames, shape.height, shape.width, sampling)
-    masks = torch.from_numpy(load_subject_masks(sample.mask_dir, indices, shape.height, shape.width))
+    info = probe_video(sample.video)
+    masks = torch.from_numpy(
+        load_subject_masks(sample.mask_dir, indices, shape.height, shape.width, (info.height, info.width))
+    )
     mean, logvar = spec.encode_clip(pipe, frames)
     embeds, prompt_mask = spec.encode_prompts(pipe, [sample.caption])
     return {

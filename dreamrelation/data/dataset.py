@@ -24,6 +24,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm")
 _FOREGROUND_THRESHOLD = 32
 # Colours closer than this (Euclidean, RGB) are the same subject: tolerates compression noise.
 _COLOUR_TOLERANCE = 40
+_ASPECT_TOLERANCE = 0.05  # relative: a side rounded when downscaling (1920x1080 masks at 64x35) stays inside
 # Colour groups smaller than this share of the foreground are noise (stray or antialiased pixels).
 _MIN_GROUP_SHARE = 0.005
 
@@ -47,9 +48,9 @@ class RelationSample:
 
 
 def _raise_problems(data_dir: Path, problems: list[str]) -> None:
-    """Raise one DatasetError listing every problem, if there are any."""
+    """Raise one DatasetError listing every problem on one line, if there are any."""
     if problems:
-        raise DatasetError(f"{len(problems)} problem(s) in dataset {data_dir}:\n" + "\n".join(problems))
+        raise DatasetError(f"{len(problems)} problem(s) in dataset {data_dir}: " + " | ".join(problems))
 
 
 def _read_caption(path: Path) -> tuple[str, str | None]:
@@ -141,11 +142,27 @@ def _read_mask_png(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: not a readable PNG ({error}); export the mask again") from None
 
 
-def _load_mask_frames(mask_dir: Path, indices: list[int], height: int, width: int) -> np.ndarray:
+def _check_mask_aspect(mask_dir: Path, mask_size: tuple[int, int], video_size: tuple[int, int]) -> None:
+    """DatasetError unless masks of (H, W) `mask_size` cover the same picture as frames of `video_size`.
+
+    Masks of another size but the video's aspect are rescaled with the frames; any other size would put the
+    masks on the wrong pixels after the centre crop."""
+    (mask_h, mask_w), (video_h, video_w) = mask_size, video_size
+    if abs(mask_w * video_h - video_w * mask_h) > _ASPECT_TOLERANCE * video_w * mask_h:
+        raise DatasetError(
+            f"{mask_dir}: masks are {mask_w}x{mask_h} but the video is {video_w}x{video_h}; "
+            f"export the masks at the video's size ({video_w}x{video_h}) or aspect"
+        )
+
+
+def _load_mask_frames(
+    mask_dir: Path, indices: list[int], height: int, width: int, video_size: tuple[int, int] | None
+) -> np.ndarray:
     """Read the given source frames' masks, centre-cropped and resized (nearest) to uint8 (F, height, width, 3).
 
     Resizing each frame as it is read keeps memory at the clip's size, not the source's. Raises
-    DatasetError for a missing or unreadable mask, or masks of different sizes.
+    DatasetError for a missing or unreadable mask, masks of different sizes, or masks whose aspect differs
+    from the video's (H, W) `video_size` when given.
     """
     paths = mask_frame_paths(mask_dir)
     missing = [i for i in indices if i not in paths]
@@ -161,6 +178,8 @@ def _load_mask_frames(mask_dir: Path, indices: list[int], height: int, width: in
         frames.append(center_crop_resize(frame[None], height, width, nearest=True)[0])
     if len(sizes) > 1:
         raise DatasetError(f"{mask_dir}: mask frames differ in size {sorted(sizes)}; export them all at one size")
+    if video_size is not None:
+        _check_mask_aspect(mask_dir, sizes.pop(), video_size)
     return np.stack(frames)
 
 
@@ -201,8 +220,9 @@ def _group_colours(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _describe(colours: np.ndarray) -> str:
-    """Format RGB colours for a message: '(255, 0, 0), (0, 255, 0)'."""
-    return ", ".join(str(tuple(int(v) for v in colour)) for colour in colours)
+    """Format RGB colours for a message: '(255, 0, 0), (0, 255, 0)', the first six and how many more."""
+    shown = ", ".join(str(tuple(int(v) for v in colour)) for colour in colours[:6])
+    return shown + (f" and {len(colours) - 6} more" if len(colours) > 6 else "")
 
 
 def _json_order(path: Path, seeds: np.ndarray) -> list[int]:
@@ -238,11 +258,14 @@ def _left_to_right_order(labels: np.ndarray) -> list[int]:
     return np.argsort(x_sums / counts, kind="stable").tolist()
 
 
-def load_subject_masks(mask_dir: str | Path, indices: list[int], height: int, width: int) -> np.ndarray:
+def load_subject_masks(
+    mask_dir: str | Path, indices: list[int], height: int, width: int, video_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Load the two subjects' masks for a clip.
 
-    Takes the sample's mask folder, the clip's SOURCE frame indices (from load_clip) and the clip size.
-    Masks get the same centre-crop and resize as the video (nearest, so colours stay exact). Pixels with a
+    Takes the sample's mask folder, the clip's SOURCE frame indices (from load_clip), the clip size and,
+    to check that the masks fit the video, the video's own (H, W). Masks get the same centre-crop and resize
+    as the video (nearest, so colours stay exact); masks of another aspect than the video are refused. Pixels with a
     channel above 32 are foreground; colours within ~40 of each other are one subject, and colour groups
     under 0.5% of the foreground are ignored. Subject 1 is the first colour of mask_dir/subjects.json
     ({"colors": [[r, g, b], [r, g, b]]}) when that file exists, else the leftmost subject in the first
@@ -250,7 +273,7 @@ def load_subject_masks(mask_dir: str | Path, indices: list[int], height: int, wi
     missing mask frame, or unless exactly two subject colours are found.
     """
     mask_dir = Path(mask_dir)
-    frames = _load_mask_frames(mask_dir, indices, height, width)
+    frames = _load_mask_frames(mask_dir, indices, height, width, video_size)
     keys = _pack(frames)
     foreground = frames.max(axis=-1) > _FOREGROUND_THRESHOLD
     colour_keys, inverse, counts = np.unique(keys[foreground], return_inverse=True, return_counts=True)

@@ -367,8 +367,11 @@ def ingest_videos(
     """Ingest several uploads; one bad upload never stops the others.
 
     Takes (video path, caption) pairs and the arguments of ingest_video. Returns (the clips written, in
-    order; one error line per rejected upload, naming it and the fix).
+    order; one error line per rejected upload, naming it and the fix). Raises IngestError when `data_dir`
+    is not a folder.
     """
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise IngestError(f"{data_dir} is a file, not a dataset folder: give a folder (new or existing)")
     clips, errors = [], []
     for source, caption in items:
         try:

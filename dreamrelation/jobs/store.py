@@ -168,6 +168,23 @@ class JobStore:
         """The jobs of `owner`, newest first; only those in `states` when given."""
         return self._select("owner = ?", (owner,), states, newest_first=True)
 
+    def owners(self) -> list[str]:
+        """Every owner that has a job, in no particular order."""
+        with self._connect() as db:
+            return [owner for (owner,) in db.execute("SELECT DISTINCT owner FROM jobs")]
+
+    def rename_owner(self, old: str, new: str) -> int:
+        """Give every job of owner `old` to owner `new` (re-keying a data directory); returns how many."""
+        if not new:
+            raise JobError("a job needs an owner")
+        with self._connect() as db:
+            return db.execute("UPDATE jobs SET owner = ? WHERE owner = ?", (new, old)).rowcount
+
+    def vacuum(self) -> None:
+        """Rewrite the file, so that no overwritten value survives in its free pages (after re-keying owners)."""
+        with self._connect() as db:
+            db.execute("VACUUM")
+
     def in_states(self, states: Iterable[str]) -> list[Job]:
         """Every owner's jobs in `states`, oldest first: for the scheduler."""
         return self._select("1", (), states, newest_first=False)

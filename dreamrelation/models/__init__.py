@@ -85,6 +85,16 @@ def _hub_snapshot(repo_id: str, name: str) -> Path:
         ) from None
 
 
+def hub_id(name: str) -> str | None:
+    """The Hugging Face Hub id a model name loads from (an alias or an org/name that is no local folder), or
+    None for a local, embedded or built model."""
+    if name in HUB_ALIASES:
+        return HUB_ALIASES[name]
+    if name in TINY_RANDOM or name == "toy" or Path(name).expanduser().is_dir() or name.count("/") != 1:
+        return None
+    return name
+
+
 def resolve_source(config: ModelConfig) -> Path:
     """The folder holding the pipeline named by `config.name` (building tiny-random on first use)."""
     name = config.name
@@ -99,8 +109,8 @@ def resolve_source(config: ModelConfig) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if name in HUB_ALIASES or name.count("/") == 1:
-        return _hub_snapshot(HUB_ALIASES.get(name, name), name)
+    if (repo_id := hub_id(name)) is not None:
+        return _hub_snapshot(repo_id, name)
     raise ModelLoadError(
         f"unknown model {name!r}: use 'toy', 'mochi-1', {', '.join(map(repr, TINY_RANDOM))}, a Hub id (org/name) "
         "or a folder holding a saved pipeline"

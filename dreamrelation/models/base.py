@@ -51,6 +51,7 @@ class ModelSpecification(ABC):
 
     pipeline_class_name: str
     defaults: ClipDefaults
+    max_num_frames: int  # the longest clip the family generates or trains on
     # Projection names (relative to one attention module) of each adapter placement.
     projections: dict[str, tuple[str, ...]]
 
@@ -86,6 +87,21 @@ class ModelSpecification(ABC):
     @abstractmethod
     def max_text_length(self, pipe) -> int:
         """Number of text tokens the pipeline encodes a caption to."""
+
+    def text_length_problem(self, pipe, text: str) -> str | None:
+        """'N tokens long and the model reads at most L; shorten it' when `text` is longer than the tokens the
+        pipeline reads (its tokenizer would cut it silently), else None."""
+        count = len(pipe.tokenizer(text, verbose=False).input_ids)  # verbose: no warning of its own
+        limit = self.max_text_length(pipe)
+        if count <= limit:
+            return None
+        return f"{count} tokens long and the model reads at most {limit}; shorten it"
+
+    def clip_length_problem(self, num_frames: int) -> str | None:
+        """A line saying that `num_frames` is more than the family handles, else None."""
+        if num_frames <= self.max_num_frames:
+            return None
+        return f"num_frames: at most {self.max_num_frames} for this model, got {num_frames}"
 
     @abstractmethod
     def encode_prompts(self, pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from dreamrelation.models.base import ClipDefaults, ModelSpecification
 class MochiSpecification(ModelSpecification):
     pipeline_class_name = "MochiPipeline"
     defaults = ClipDefaults(num_frames=61, height=480, width=848, fps=30)
+    max_num_frames = 163  # 5.4 s at 30 fps, the longest clip Mochi-1 was trained on
     spatial_factor = 8
     temporal_factor = 6
     projections = {

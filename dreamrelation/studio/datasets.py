@@ -132,7 +132,7 @@ def create_dataset(
     dataset_id, folder = workspace.new_dataset_dir(owner, relation)
     clips, rejected = ingest_videos(list(zip(map(Path, uploads), texts)), folder, IngestConfig(), clip_defaults)
     if not clips:
-        shutil.rmtree(folder, ignore_errors=True)
+        workspace.discard_dataset_dir(folder)
         raise StudioError("no usable video: " + " | ".join(rejected))
     (folder / CORRECTIONS_FILE).write_text("{}\n", encoding="utf-8")
     report = DatasetReport(dataset_id, relation, [], rejected)
@@ -195,8 +195,12 @@ def correct_masks(
     """
     report = read_dataset(workspace, owner, dataset_id)
     folder = workspace.dataset_dir(owner, dataset_id)
-    if video not in {v.name for v in report.videos}:
+    match = next((v for v in report.videos if v.name == video), None)
+    if match is None:
         raise StudioError(f"video {video!r} is not in dataset {dataset_id}")
+    count = probe_video(match.video).num_frames
+    if prompt.frame >= count:
+        raise StudioError(f"frame: the video has frames 0 to {count - 1}, got {prompt.frame}")
     saved = json.loads((folder / CORRECTIONS_FILE).read_text(encoding="utf-8"))
     saved.setdefault(video, []).append(dataclasses.asdict(prompt))
     (folder / CORRECTIONS_FILE).write_text(json.dumps(saved, indent=1) + "\n", encoding="utf-8")

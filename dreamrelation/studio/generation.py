@@ -50,6 +50,7 @@ class Generator:
         from dreamrelation.generate import generate
 
         request = request.model_copy(update={"fuse_lora": False})
+        folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             loaded = self.loaded()
             number = len(list(folder.glob("*.mp4")))
@@ -65,7 +66,7 @@ class Generator:
 
 
 def gallery(folder: Path) -> list[GenerationRecord]:
-    """The generations saved in `folder`, newest first."""
+    """The generations saved in `folder` (none when it does not exist), newest first."""
     records = []
     for settings_file in sorted(folder.glob("*.json"), reverse=True):
         video = settings_file.with_suffix(".mp4")

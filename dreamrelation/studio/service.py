@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
-from dreamrelation.config import GenerateConfig, MasksConfig, ModelConfig
+from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig
 from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
@@ -25,8 +25,9 @@ BASE_MODEL = "base"  # the relation id that means "no LoRA: the base model alone
 
 class Studio:
     """The app's use cases. Takes the data directory, the base model's ModelConfig and whether to start the
-    job scheduler (one per data directory). Every method takes the owner (a session or user id) and sees
-    only that owner's datasets, jobs and files; errors a user can fix are StudioError/JobError (ValueError)."""
+    job scheduler (one per data directory). Every method takes the owner key (`owner_key` of a session or
+    user identity) and sees only that owner's datasets, jobs and files; errors a user can fix are
+    StudioError/JobError (ValueError)."""
 
     def __init__(self, home: Path, model: ModelConfig, start_scheduler: bool = True):
         self.workspace = Workspace(home)
@@ -35,6 +36,10 @@ class Studio:
         self.generator = Generator(model)
         if start_scheduler:
             self.scheduler.start()
+
+    def owner_key(self, identity: str) -> str:
+        """The owner key of 'session:HASH' or 'user:NAME' (a keyed hash: the identity is never stored)."""
+        return self.workspace.owner_key(identity)
 
     @cached_property
     def clip_defaults(self) -> ClipDefaults:
@@ -84,14 +89,13 @@ class Studio:
         return datasets.overlay_frame(self.workspace, owner, dataset_id, video, frame)
 
     def correct_masks(
-        self, owner: str, dataset_id: str, video: str, frame: int, subject: int,
-        points: list[tuple[float, float]], labels: list[int], progress: Progress | None = None,
+        self, owner: str, dataset_id: str, video: str, correction: MaskCorrection, progress: Progress | None = None,
     ) -> datasets.DatasetReport:
-        """Add clicked points (label 1 on the subject, 0 not) for subject 0 or 1 on a frame; re-propagate."""
-        try:
-            prompt = SubjectPrompt(subject=subject, frame=frame, points=points, labels=labels)
-        except ValueError as error:
-            raise StudioError(str(error)) from None
+        """Add a correction's clicked points to one video of a dataset and re-propagate its masks."""
+        prompt = SubjectPrompt(
+            subject=correction.subject - 1, frame=correction.frame,
+            points=[(x, y) for x, y, _ in correction.points], labels=[label for _, _, label in correction.points],
+        )
         return datasets.correct_masks(self.workspace, owner, dataset_id, video, prompt, MasksConfig(), progress)
 
     # Training jobs.
@@ -173,9 +177,3 @@ class Studio:
     def gallery(self, owner: str, job_id: str) -> list[GenerationRecord]:
         """The owner's earlier generations with a relation (or BASE_MODEL), newest first."""
         return gallery(self.workspace.generation_dir(owner, job_id))
-
-    def owns(self, owner: str, path: Path) -> bool:
-        """Whether `path` lies in the owner's files or jobs (what the app may hand to that owner)."""
-        path = Path(path).resolve()
-        roots = [self.workspace.owner_dir(owner)] + [job.job_dir for job in self.list_jobs(owner)]
-        return any(path.is_relative_to(root.resolve()) for root in roots)

@@ -1,24 +1,28 @@
 """The app's data directory (DREAMRELATION_HOME): the job table, the jobs' folders and each owner's files.
 
-    HOME/jobs.sqlite3                          jobs (dreamrelation.jobs)
+    HOME/jobs.sqlite3                          jobs (dreamrelation.jobs), each with its owner's KEY
     HOME/jobs/ID/output/                       a job's checkpoints, progress.jsonl and relation LoRA
     HOME/owners/KEY/datasets/ID/               an owner's uploaded relation datasets (videos, captions, masks)
     HOME/owners/KEY/generations/JOB/NNNN.mp4   generated videos, each with NNNN.json (its settings)
+    HOME/secret/owner-key                      the installation's secret (dreamrelation.studio.owners)
 
-KEY is a hash of the owner, so a session id or user name never becomes a path.
+KEY is an owner key: a keyed hash of the session or user name, which is never stored. Nothing here is served
+by path: the app hands files over as copies (ui.callbacks.served).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 from dreamrelation.jobs import JobStore
+from dreamrelation.studio.owners import OwnerKeys, is_owner_key, migrate_legacy_owners
 
 _DATASET_ID = re.compile(r"^[a-z0-9_-]{1,60}-[0-9a-f]{8}$")
+_RELATION_ID = re.compile(r"^[a-z0-9]{1,16}$")  # a job id, or "base" for the base model
 _SPACES_STORAGE = Path("/data")  # Hugging Face Spaces' persistent storage, when the Space has it
 
 
@@ -35,11 +39,6 @@ def default_home() -> Path:
     return Path("data")
 
 
-def owner_key(owner: str) -> str:
-    """A stable folder name for an owner: 16 hex digits of its SHA-256."""
-    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
-
-
 def slug(text: str, fallback: str = "relation") -> str:
     """Lower-case ASCII letters, digits, '-' and '_' of `text` (at most 40), or `fallback` when none are left."""
     cleaned = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:40]
@@ -47,15 +46,25 @@ def slug(text: str, fallback: str = "relation") -> str:
 
 
 class Workspace:
-    """Paths under the data directory, always resolved for one owner; creates HOME on first use."""
+    """Paths under the data directory, always resolved for one owner key; creates HOME on first use and
+    re-keys a data directory written before owner keys."""
 
     def __init__(self, home: Path):
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.home)
+        self.owner_keys = OwnerKeys(self.home)
+        migrate_legacy_owners(self.home, self.store, self.owner_keys)
+
+    def owner_key(self, identity: str) -> str:
+        """The owner key of an identity ('session:HASH' or 'user:NAME'): what every other method takes."""
+        return self.owner_keys.key(identity)
 
     def owner_dir(self, owner: str) -> Path:
-        return self.home / "owners" / owner_key(owner)
+        """HOME/owners/KEY; ValueError for anything but an owner key (never a path of the caller's making)."""
+        if not is_owner_key(owner):
+            raise ValueError("not an owner key: pass Workspace.owner_key(identity)")
+        return self.home / "owners" / owner
 
     def new_dataset_dir(self, owner: str, relation: str) -> tuple[str, Path]:
         """A fresh dataset id (from the relation name plus random hex) and its folder (created)."""
@@ -63,6 +72,15 @@ class Workspace:
         folder = self.owner_dir(owner) / "datasets" / dataset_id
         folder.mkdir(parents=True)
         return dataset_id, folder
+
+    def discard_dataset_dir(self, folder: Path) -> None:
+        """Remove a dataset folder that new_dataset_dir made, and the owner's folders it leaves empty."""
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: the owner has other files
+                return
 
     def dataset_dir(self, owner: str, dataset_id: str) -> Path:
         """The folder of one of `owner`'s datasets; StudioError when the id is malformed or not theirs."""
@@ -72,7 +90,8 @@ class Workspace:
         return folder
 
     def generation_dir(self, owner: str, job_id: str) -> Path:
-        """Where `owner`'s generations with relation `job_id` ('base' for none) go (created)."""
-        folder = self.owner_dir(owner) / "generations" / job_id
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        """Where `owner`'s generations with relation `job_id` ('base' for none) go (not created here);
+        StudioError for an id that is not a relation id."""
+        if not _RELATION_ID.match(str(job_id)):
+            raise StudioError(f"relation {job_id!r} not found among your trained relations")
+        return self.owner_dir(owner) / "generations" / job_id
