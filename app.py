@@ -25,7 +25,7 @@ MAX_UPLOAD = "500mb"  # per file; IngestConfig.max_file_mb checks the same limit
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("DREAMRELATION_MODEL") or default_model_name(),
-                        help="Base model: 'toy', 'mochi-1', 'tiny-random', a Hub id or a pipeline folder.")
+                        help=ModelConfig.model_fields["name"].description)
     parser.add_argument("--home", type=Path, default=None, help="Data directory (default: see above).")
     parser.add_argument("--auth", help="'user:password' to require a login (self-hosting).")
     parser.add_argument("--mcp", action="store_true", help="Also serve the endpoints as an MCP server.")

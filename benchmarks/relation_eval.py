@@ -1,5 +1,5 @@
 """Benchmark (issue #4): does a relation LoRA learn a held-out relation from a few videos, and which part of the
-method matters? The Shapes World version of the paper's Table 1 and ablations (METHOD.md §6).
+method matters? The Shapes World version of the paper's Table 1 and ablations (docs/method.md §7).
 
 For each relation (default: the held-out ones, "orbits" and "jumps_over", which the toy base model never saw):
 1. data: write its exemplar videos, all of ONE subject pair (a red square acting on a blue square:
@@ -460,7 +460,7 @@ def _quiet() -> None:
 
 def run(args) -> dict:
     """Prepare the data, train and judge every (row, masks, seed, relation); returns the JSON-ready results."""
-    from dreamrelation.generate import load_relation_lora
+    from dreamrelation.generate import relation_lora
     from dreamrelation.models import resolve_source
 
     _quiet()
@@ -491,10 +491,10 @@ def run(args) -> dict:
             timing["train_s"] += time.perf_counter() - tick
             tick = time.perf_counter()
             loaded = load_fresh(args)
-            load_relation_lora(loaded, lora, args.lora_scale)
         video_dir = args.work_dir / "videos" / masks / relation / row.name / f"seed{seed}" if args.save_videos else None
         exemplar_subjects = data[relation]["subjects"]
-        found = generate_and_judge(args, loaded, relation, prompts[relation], seed, exemplar_subjects, video_dir)
+        with relation_lora(loaded, None if row.method is None else lora, args.lora_scale):
+            found = generate_and_judge(args, loaded, relation, prompts[relation], seed, exemplar_subjects, video_dir)
         timing["generate_s"] += time.perf_counter() - tick
         records.setdefault(key, []).extend(found)
         del loaded  # a trained row's pipeline is freed before the next loads (gc.collect() would cost 0.3 s a row)

@@ -11,16 +11,28 @@ cached data in two configurations, each in its own process so its peak memory is
 It prints a markdown table of seconds/step (warm-up steps excluded), peak memory and the ratio (b)/(a); the
 project's target is (b)/(a) <= 1.10.
 
-Presets:
-  small    (default, CPU) the tiny-random "small" Mochi pipeline (a few million parameters), 25 frames at
-           128x128 -> latents (12, 5, 16, 16); peak memory is the process's max RSS.
-  mochi-1  (needs --device cuda) the full-size MochiTransformer3DModel with random bf16 weights built on the
-           GPU (no download), 61 frames at 480x848 -> latents (12, 11, 60, 106), gradient checkpointing on;
-           peak memory is torch.cuda.max_memory_allocated, plus MFU against --peak-tflops.
+Presets (PRESETS below; each names its family's specification in dreamrelation.models.FAMILIES):
+  small        (default, CPU) the tiny-random "small" Mochi pipeline (a few million parameters), 25 frames at
+               128x128 -> latents (12, 5, 16, 16); peak memory is the process's max RSS.
+  small-wan    (CPU) a small random-weight WanTransformer3DModel (4 blocks, 4 heads x 32, text 64, ffn 256, 16
+               latent channels), 25 frames at 128x128 -> latents (16, 7, 16, 16).
+  mochi-1      (needs --device cuda) the full-size MochiTransformer3DModel with random bf16 weights built on the
+               GPU (no download), 61 frames at 480x848 -> latents (12, 11, 60, 106), gradient checkpointing on;
+               peak memory is torch.cuda.max_memory_allocated, plus MFU against --peak-tflops.
+  wan2.1-1.3b  (needs --device cuda) the full-size WanTransformer3DModel of Wan2.1-T2V-1.3B with random bf16
+               weights built on the GPU, 81 frames at 480x832 -> latents (16, 21, 60, 104), 512 zero-padded text
+               tokens, gradient checkpointing on.
+
+--blocks N builds the model with N blocks instead of its own count; with it the full-size presets also run on
+the CPU (a check of their code path at tiny sizes, not a measurement).
 
 Run from the repository root:
   PYTHONPATH=. .venv/bin/python benchmarks/train_step.py
+  PYTHONPATH=. .venv/bin/python benchmarks/train_step.py --preset small-wan
   PYTHONPATH=. python benchmarks/train_step.py --preset mochi-1 --device cuda --steps 10 --warmup 2
+  PYTHONPATH=. python benchmarks/train_step.py --preset wan2.1-1.3b --device cuda --steps 10 --warmup 2
+  PYTHONPATH=. .venv/bin/python benchmarks/train_step.py --preset wan2.1-1.3b --device cpu --blocks 2 \
+      --frames 9 --height 64 --width 64 --steps 2 --warmup 1
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ import subprocess
 import sys
 import time
 import types
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -41,24 +55,236 @@ CONFIGS = {
     "a": ("plain LoRA", dict(mode="direct-lora", contrastive=False, mask_loss=False)),
     "b": ("DreamRelation", {}),
 }
-PRESETS = {
-    # frames, height, width, text tokens (L), valid text tokens, gradient checkpointing
-    "small": dict(frames=25, height=128, width=128, text_len=32, valid_tokens=12, checkpointing=False),
-    "mochi-1": dict(frames=61, height=480, width=848, text_len=256, valid_tokens=30, checkpointing=True),
-}
 CLIPS = 4  # random cached clips the steps draw from
 CAPTION_DROPOUT = 0.1  # TrainConfig's default
 RESULT_MARKER = "TRAIN_STEP_RESULT "
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders: (args) -> (transformer on args.device, VAE config with the latent statistics normalize_latents reads).
+
+
+def build_small(args: argparse.Namespace):
+    """The tiny-random "small" Mochi pipeline's fp32 transformer on the device, and its VAE config."""
+    from dreamrelation.models.tiny_random import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=args.seed, size="small")
+    return pipe.transformer.to(args.device), pipe.vae.config
+
+
+def identity_latent_statistics(channels: int):
+    """A stand-in VAE config whose latent mean is 0 and std 1 (what both families' normalize_latents read)."""
+    return types.SimpleNamespace(
+        z_dim=channels, latents_mean=[0.0] * channels, latents_std=[1.0] * channels, scaling_factor=1.0
+    )
+
+
+def random_on_device(factory: Callable[[], torch.nn.Module], device: str, seed: int) -> torch.nn.Module:
+    """A model with random bf16 weights built straight on `device` (no download, no fp32 copy).
+
+    Constructed on the meta device with bf16 as the default dtype (so no fp32 copy is ever materialised), then
+    allocated on the device and initialised in place: norm weights 1, biases 0, everything else (Mochi's
+    pos_frequencies included) normal(0, 0.02). Parameters the class keeps in fp32 when loaded in bf16
+    (`_keep_in_fp32_modules`, e.g. Wan's time embedder, modulation tables and cross-attention norm) are then
+    made fp32, as `from_pretrained(torch_dtype=torch.bfloat16)` leaves them.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = factory()
+    finally:
+        torch.set_default_dtype(previous)
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                if name == "weight" and "Norm" in type(module).__name__:
+                    parameter.fill_(1.0)
+                elif name == "bias":
+                    parameter.zero_()
+                else:
+                    parameter.normal_(0.0, 0.02)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for path, parameter in list(model.named_parameters()):
+        if any(part in keep for part in path.split(".")):
+            parameter.data = parameter.data.float()
+    return model
+
+
+def build_mochi1(args: argparse.Namespace):
+    """Full-size Mochi-1 transformer with random bf16 weights on the device; identity latent statistics."""
+    from diffusers import MochiTransformer3DModel
+
+    layers = {} if args.blocks is None else {"num_layers": args.blocks}
+    transformer = random_on_device(lambda: MochiTransformer3DModel(**layers), args.device, args.seed)
+    return transformer, types.SimpleNamespace(latents_mean=None, latents_std=None, scaling_factor=1.0)
+
+
+SMALL_WAN = dict(
+    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,
+    text_dim=64, freq_dim=256, ffn_dim=256, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+)
+WAN_1_3B = dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6,
+)
+
+
+def wan_config(config: dict, args: argparse.Namespace) -> dict:
+    return config if args.blocks is None else {**config, "num_layers": args.blocks}
+
+
+def build_small_wan(args: argparse.Namespace):
+    """A few-million-parameter WanTransformer3DModel with diffusers' own random init, fp32 on the device."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(args.seed)
+    config = wan_config(SMALL_WAN, args)
+    transformer = WanTransformer3DModel(**config).to(args.device)
+    return transformer, identity_latent_statistics(config["in_channels"])
+
+
+def build_wan_1_3b(args: argparse.Namespace):
+    """Full-size Wan2.1-T2V-1.3B transformer with random bf16 weights on the device; identity latent statistics.
+
+    RoPE's cos/sin tables are non-persistent buffers that the meta-device construction leaves empty: they are
+    rebuilt on the device (fp32, as a loaded model has them).
+    """
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    config = wan_config(WAN_1_3B, args)
+    transformer = random_on_device(lambda: WanTransformer3DModel(**config), args.device, args.seed)
+    c = transformer.config
+    transformer.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len).to(args.device)
+    return transformer, identity_latent_statistics(config["in_channels"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-family FLOP counting (the base weights each token meets, and the attention's shape).
+
+
+def token_parameters(transformer: torch.nn.Module, family: "Family") -> tuple[int, int]:
+    """(N_video, N_text): base weights each video token / each text token is multiplied by in one forward.
+
+    The blocks' Linear layers whose names (inside a block) start with the family's text prefixes count for text
+    tokens, those with its video prefixes for video tokens, plus proj_out. The modulation layers and embedders
+    act once per sample (or not at all in backward) and are left out. Call before adapters are added (peft
+    wraps the Linear layers).
+    """
+    video = text = 0
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if name == "proj_out":
+            video += module.weight.numel()
+        elif name.startswith(family.blocks + "."):
+            local = name.split(".", 2)[2]  # e.g. "attn1.to_q", "ff.net.0.proj"
+            if local.startswith(family.text_layers):
+                text += module.weight.numel()
+            elif local.startswith(family.video_layers):
+                video += module.weight.numel()
+    return video, text
+
+
+def joint_attention_flops(video_tokens: int, preset: "Preset", hidden: int, layers: int) -> float:
+    """Mochi's joint attention over the video and the valid text tokens: 4 * S^2 * hidden * layers."""
+    return 4.0 * (video_tokens + preset.valid_tokens) ** 2 * hidden * layers
+
+
+def self_cross_attention_flops(video_tokens: int, preset: "Preset", hidden: int, layers: int) -> float:
+    """Wan's video self-attention plus cross-attention to every (unmasked) text token."""
+    return 4.0 * (video_tokens**2 + video_tokens * preset.text_len) * hidden * layers
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the benchmark needs to know of a family beyond its ModelSpecification."""
+
+    pipeline: str  # key of dreamrelation.models.FAMILIES
+    text_dim_key: str  # the transformer config's text-width entry
+    blocks: str  # the transformer's list of blocks
+    text_layers: tuple[str, ...]  # Linear layers of a block (name prefixes) that text tokens pass through
+    video_layers: tuple[str, ...]  # ... and video tokens (checked after text_layers)
+    attention_flops: Callable[[int, "Preset", int, int], float]
+    attention_formula: str
+    targets: str  # printed under a CUDA run's table
+
+
+MOCHI = Family(
+    pipeline="MochiPipeline",
+    text_dim_key="text_embed_dim",
+    blocks="transformer_blocks",  # joint attention: text has its own projections and feed-forward
+    text_layers=("attn1.add_", "attn1.to_add_out", "ff_context."),
+    video_layers=("attn1.to_", "ff."),
+    attention_flops=joint_attention_flops,
+    attention_formula="attention = 4*S^2*hidden*layers (S = video + valid text tokens)",
+    targets="Mochi-1 targets: < 3.35 s/step (the reference's Mochi LoRA step on one H100) and <= 40 GB peak GPU.",
+)
+WAN = Family(
+    pipeline="WanPipeline",
+    text_dim_key="text_dim",
+    blocks="blocks",  # text tokens meet only the cross-attention's keys and values
+    text_layers=("attn2.to_k", "attn2.to_v"),
+    video_layers=("attn1.to_", "attn2.to_", "ffn."),
+    attention_flops=self_cross_attention_flops,
+    attention_formula="attention = 4*(T_video^2 + T_video*T_text)*hidden*layers (self-attention, then "
+    "cross-attention to every text token: Wan passes no mask)",
+    targets="Wan2.1-1.3B targets: <= 24 GB peak GPU and (b)/(a) s/step <= 1.10.",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    family: Family
+    build: Callable[[argparse.Namespace], tuple[torch.nn.Module, object]]
+    device: str  # default device; "cuda" presets run on the CPU only with --blocks
+    frames: int
+    height: int
+    width: int
+    text_len: int  # text tokens (L) the transformer gets
+    valid_tokens: int  # caption tokens among them
+    text_mask: bool  # the model reads a text mask (Mochi); else padding is zeros and every token is attended (Wan)
+    checkpointing: bool
+    cpu_alternative: str = "small"  # suggested when a CUDA preset is asked for on the CPU
+
+    @property
+    def spec(self):
+        from dreamrelation.models import FAMILIES
+
+        return FAMILIES[self.family.pipeline]
+
+
+PRESETS = {
+    "small": Preset(MOCHI, build_small, "cpu", frames=25, height=128, width=128, text_len=32, valid_tokens=12,
+                    text_mask=True, checkpointing=False),
+    "mochi-1": Preset(MOCHI, build_mochi1, "cuda", frames=61, height=480, width=848, text_len=256, valid_tokens=30,
+                      text_mask=True, checkpointing=True),
+    # 32 tokens: what the tiny tokenizers read (tiny-random-wan included), as for "small".
+    "small-wan": Preset(WAN, build_small_wan, "cpu", frames=25, height=128, width=128, text_len=32,
+                        valid_tokens=12, text_mask=False, checkpointing=False),
+    "wan2.1-1.3b": Preset(WAN, build_wan_1_3b, "cuda", frames=81, height=480, width=832, text_len=512,
+                          valid_tokens=30, text_mask=False, checkpointing=True, cpu_alternative="small-wan"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; frames/height/width/device default to the preset's values."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="Model and data size.")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="Where to run (default: cpu small, cuda mochi-1).")
-    parser.add_argument("--frames", type=int, help="Clip frames, 6k+1 (default: 25 small, 61 mochi-1).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="Where to run (default: cpu small and small-wan, "
+                        "cuda mochi-1 and wan2.1-1.3b).")
+    parser.add_argument("--frames", type=int, help="Clip frames, 6k+1 for Mochi, 4k+1 for Wan (default: 25 small "
+                        "and small-wan, 61 mochi-1, 81 wan2.1-1.3b).")
     parser.add_argument("--height", type=int, help="Clip height in pixels, multiple of 16 (default: 128 / 480).")
-    parser.add_argument("--width", type=int, help="Clip width in pixels, multiple of 16 (default: 128 / 848).")
+    parser.add_argument("--width", type=int, help="Clip width in pixels, multiple of 16 (default: 128 / 848 / 832).")
+    parser.add_argument("--blocks", type=int, help="Build the transformer with this many blocks instead of its own "
+                        "count (not for small); lets mochi-1 and wan2.1-1.3b run on the CPU as a code-path check.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps run first in each configuration.")
     parser.add_argument("--steps", type=int, default=50, help="Timed steps per configuration (default 50).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the weights, the data and every draw.")
@@ -69,68 +295,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    args.device = args.device or ("cuda" if args.preset == "mochi-1" else "cpu")
+    args.device = args.device or preset.device
     for name in ("frames", "height", "width"):
         if getattr(args, name) is None:
-            setattr(args, name, preset[name])
-    if args.frames < 1 or (args.frames - 1) % 6:
-        parser.error(f"--frames must be 6k+1 (e.g. 13, 25, 61), got {args.frames}")
-    if args.height < 16 or args.width < 16 or args.height % 16 or args.width % 16:
-        parser.error(f"--height and --width must be multiples of 16, got {args.height}x{args.width}")
+            setattr(args, name, getattr(preset, name))
+    spec = preset.spec
+    group, side = spec.frame_group, spec.side_multiple
+    if args.frames < 1 or (args.frames - 1) % group:
+        examples = ", ".join(str(k * group + 1) for k in (2, 4, 10))
+        parser.error(f"--frames must be {group}k+1 (e.g. {examples}), got {args.frames}")
+    if args.height < side or args.width < side or args.height % side or args.width % side:
+        parser.error(f"--height and --width must be multiples of {side}, got {args.height}x{args.width}")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.blocks is not None and (args.blocks < 1 or preset.build is build_small):
+        parser.error("--blocks must be >= 1" if args.blocks < 1 else "--blocks does not apply to --preset small "
+                     "(the tiny-random pipeline's fixed size)")
     return args
 
 
 def check_device(args: argparse.Namespace) -> None:
     """Exit with a one-line message when the preset cannot run on this machine."""
-    if args.preset == "mochi-1" and args.device != "cuda":
-        sys.exit("train_step.py: --preset mochi-1 runs only on a CUDA GPU (--device cuda); use --preset small on CPU.")
+    preset = PRESETS[args.preset]
+    if preset.device == "cuda" and args.device != "cuda" and args.blocks is None:
+        sys.exit(f"train_step.py: --preset {args.preset} runs only on a CUDA GPU (--device cuda); use --preset "
+                 f"{preset.cpu_alternative} on CPU (or add --blocks N for a reduced code-path check).")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit(f"train_step.py: --preset {args.preset} --device cuda needs a CUDA GPU and none is visible here.")
 
 
-def latent_shape(args: argparse.Namespace) -> tuple[int, int, int, int]:
-    """(C, F', H', W') of Mochi's VAE: 12 channels, 6x in time with a causal first frame, 8x in space."""
-    return 12, (args.frames - 1) // 6 + 1, args.height // 8, args.width // 8
+def latent_shape(args: argparse.Namespace, transformer: torch.nn.Module) -> tuple[int, int, int, int]:
+    """(C, F', H', W') of the family's VAE: the transformer's input channels; the spec's frame group in time
+    (causal first frame) and its side multiple over the transformer's spatial patch in space (8 for both)."""
+    spec, config = PRESETS[args.preset].spec, transformer.config
+    space = spec.side_multiple // patch_sizes(config)[-1]
+    return config.in_channels, (args.frames - 1) // spec.frame_group + 1, args.height // space, args.width // space
 
 
-def build_small(device: str, seed: int):
-    """The tiny-random "small" Mochi pipeline's fp32 transformer on `device`, and its VAE config."""
-    from dreamrelation.models.tiny_random import build_tiny_pipeline
-
-    pipe = build_tiny_pipeline(seed=seed, size="small")
-    return pipe.transformer.to(device), pipe.vae.config
-
-
-def build_mochi1(seed: int):
-    """Full-size Mochi-1 transformer with random bf16 weights, built straight on the GPU (no download).
-
-    Constructed on the meta device with bf16 as the default dtype (so no fp32 copy is ever materialised), then
-    allocated on cuda and initialised in place: norm weights 1, biases 0, everything else (pos_frequencies
-    included) normal(0, 0.02). The VAE config is a stand-in with identity latent statistics.
-    """
-    from diffusers import MochiTransformer3DModel
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("meta"):
-            transformer = MochiTransformer3DModel()
-    finally:
-        torch.set_default_dtype(previous)
-    transformer.to_empty(device="cuda")
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for module in transformer.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if name == "weight" and "Norm" in type(module).__name__:
-                    parameter.fill_(1.0)
-                elif name == "bias":
-                    parameter.zero_()
-                else:
-                    parameter.normal_(0.0, 0.02)
-    return transformer, types.SimpleNamespace(latents_mean=None, latents_std=None, scaling_factor=1.0)
+def patch_sizes(config) -> tuple[int, int, int]:
+    """(time, height, width) patch of a transformer config: Mochi's int patch is spatial only, Wan's a triple."""
+    patch = config.patch_size
+    return (1, patch, patch) if isinstance(patch, int) else tuple(patch)
 
 
 def blob_masks(shape: tuple[int, int, int, int], generator: torch.Generator) -> torch.Tensor:
@@ -148,18 +353,26 @@ def blob_masks(shape: tuple[int, int, int, int], generator: torch.Generator) -> 
     return torch.stack(masks)
 
 
-def random_dataset(args: argparse.Namespace, text_dim: int, seed: int):
-    """A PreparedDataset of CLIPS random clips in the cache's format (fp32 on the CPU, as the trainer reads it)."""
-    from dreamrelation.data.cache import ClipShape, PreparedDataset
+def random_dataset(args: argparse.Namespace, shape: tuple[int, int, int, int], text_dim: int, seed: int):
+    """A PreparedDataset of CLIPS random clips in the cache's format (fp32 on the CPU, as the trainer reads it).
+
+    Text past the valid tokens is random for a family that masks it (Mochi) and zeros for one that reads every
+    token (Wan, whose pipeline zero-pads); the mask is stored either way, as the cache stores it.
+    """
+    from dreamrelation.data.cache import PreparedDataset
+    from dreamrelation.models.base import ClipShape
 
     preset = PRESETS[args.preset]
-    shape, length, valid = latent_shape(args), preset["text_len"], preset["valid_tokens"]
+    length, valid = preset.text_len, preset.valid_tokens
     generator = torch.Generator().manual_seed(seed)
 
     def prompt(valid_tokens: int) -> dict[str, torch.Tensor]:
         mask = torch.zeros(length, dtype=torch.bool)
         mask[:valid_tokens] = True
-        return {"prompt_embeds": torch.randn(length, text_dim, generator=generator), "prompt_mask": mask}
+        embeds = torch.randn(length, text_dim, generator=generator)
+        if not preset.text_mask:
+            embeds[valid_tokens:] = 0.0
+        return {"prompt_embeds": embeds, "prompt_mask": mask}
 
     records = [
         {
@@ -174,52 +387,31 @@ def random_dataset(args: argparse.Namespace, text_dim: int, seed: int):
         records=records,
         empty_prompt=prompt(1),  # the empty caption encodes to its end-of-sequence token alone
         captions=["A bear is shaking hands with a raccoon."] * CLIPS,
-        shape=ClipShape(args.frames, args.height, args.width),
+        shape=ClipShape(args.frames, args.height, args.width, preset.spec.defaults.fps),
         encoded=0,
     )
 
 
-def per_token_parameters(transformer: torch.nn.Module) -> tuple[int, int]:
-    """(N_video, N_text): base weights each video token / each text token is multiplied by in one forward.
-
-    Video stream: q, k, v, out and the feed-forward of every block, and proj_out. Text stream: add_q/k/v_proj,
-    to_add_out and ff_context. The modulation layers and embedders act once per sample (or not at all in
-    backward) and are left out. Call before adapters are added (peft wraps the Linear layers).
-    """
-    video = text = 0
-    for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if name == "proj_out":
-            video += module.weight.numel()
-        elif name.startswith("transformer_blocks."):
-            local = name.split(".", 2)[2]  # e.g. "attn1.to_q", "ff.net.0.proj"
-            if local.startswith(("attn1.add_", "attn1.to_add_out", "ff_context.")):
-                text += module.weight.numel()
-            elif local.startswith(("attn1.to_", "ff.")):
-                video += module.weight.numel()
-    return video, text
-
-
-def step_flops(transformer: torch.nn.Module, args: argparse.Namespace) -> tuple[float, float]:
+def step_flops(transformer: torch.nn.Module, args: argparse.Namespace, shape) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one training step; hardware adds the checkpointing recomputation.
 
     linear    = 2 * (N_video * T_video + N_text * T_text)            forward matmuls
-    attention = 4 * S^2 * hidden * layers, S = T_video + valid text   forward QK^T and PV
+    attention = the family's forward QK^T and PV (Mochi: 4 * S^2 * hidden * layers, S = T_video + valid text;
+                Wan: 4 * (T_video^2 + T_video * T_text) * hidden * layers)
     model     = 2 * linear + 3 * attention   (backward: input grads only, the base is frozen, ~1x linear;
                                               2x attention; adapter weight grads negligible)
     hardware  = model + linear + attention   when gradient checkpointing recomputes every block's forward
     """
     config, preset = transformer.config, PRESETS[args.preset]
-    _, frames, height, width = latent_shape(args)
-    video_tokens = frames * (height // config.patch_size) * (width // config.patch_size)
-    sequence = video_tokens + preset["valid_tokens"]
+    _, frames, height, width = shape
+    pt, ph, pw = patch_sizes(config)
+    video_tokens = (frames // pt) * (height // ph) * (width // pw)
     hidden = config.num_attention_heads * config.attention_head_dim
-    n_video, n_text = per_token_parameters(transformer)
-    linear = 2.0 * (n_video * video_tokens + n_text * preset["text_len"])
-    attention = 4.0 * sequence**2 * hidden * config.num_layers
+    n_video, n_text = token_parameters(transformer, preset.family)
+    linear = 2.0 * (n_video * video_tokens + n_text * preset.text_len)
+    attention = preset.family.attention_flops(video_tokens, preset, hidden, config.num_layers)
     model = 2 * linear + 3 * attention
-    return model, model + (linear + attention if preset["checkpointing"] else 0.0)
+    return model, model + (linear + attention if preset.checkpointing else 0.0)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -232,30 +424,30 @@ def measure(args: argparse.Namespace) -> dict:
     from dreamrelation.config import MethodConfig
     from dreamrelation.method.adapters import add_adapters, training_modes
     from dreamrelation.method.losses import RelationalContrastiveLoss
-    from dreamrelation.models.mochi import MochiSpecification
     from dreamrelation.train.trainer import StepContext, TrainState, train_step
 
     name, overrides = CONFIGS[args.only]
     method = MethodConfig(**overrides)
     cuda = args.device == "cuda"
-    if args.preset == "mochi-1":
-        transformer, vae_config = build_mochi1(args.seed)
-    else:
-        transformer, vae_config = build_small(args.device, args.seed)
-    dataset = random_dataset(args, transformer.config.text_embed_dim, args.seed)
-    flops = step_flops(transformer, args)
+    preset = PRESETS[args.preset]
+    spec = preset.spec
+    transformer, vae_config = preset.build(args)
+    shape = latent_shape(args, transformer)
+    dataset = random_dataset(args, shape, getattr(transformer.config, preset.family.text_dim_key), args.seed)
+    flops = step_flops(transformer, args, shape)
     dtype = transformer.dtype  # the base's compute dtype, read before the fp32 adapters are added
+    base_parameters = sum(p.numel() for p in transformer.parameters())
 
     transformer.requires_grad_(False)
-    adapters = add_adapters(transformer, MochiSpecification(), method)
-    if PRESETS[args.preset]["checkpointing"]:
+    adapters = add_adapters(transformer, spec, method)
+    if preset.checkpointing:
         transformer.enable_gradient_checkpointing()
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.01)
     accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
     model, optimizer = accelerator.prepare(transformer, optimizer)
     ctx = StepContext(
-        spec=MochiSpecification(),
+        spec=spec,
         model=model,
         transformer=transformer,
         optimizer=optimizer,
@@ -298,6 +490,10 @@ def measure(args: argparse.Namespace) -> dict:
         "name": name,
         "adapters": adapters,
         "trainable": sum(p.numel() for p in trainable),
+        "base_parameters": base_parameters,
+        "dtype": str(dtype).removeprefix("torch."),
+        "layers": transformer.config.num_layers,
+        "latent_shape": list(shape),
         "seconds": seconds,
         "per_mode": {mode: values for mode, values in per_mode.items() if values},
         "setup_rss_mb": setup_rss,
@@ -311,10 +507,12 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_in_subprocess(config: str) -> dict:
+def run_in_subprocess(argv: list[str], config: str) -> dict:
     """Re-run this script with `--only config` in a fresh interpreter and return what it measured."""
-    command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--only", config]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--only", config]
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}  # the package, wherever run from
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_MARKER)]
     if completed.returncode != 0 or not lines:
         sys.exit(f"train_step.py: configuration ({config}) failed with exit code {completed.returncode}")
@@ -363,21 +561,27 @@ def table(args: argparse.Namespace, results: list[dict]) -> str:
     rows.append(row)
     lines = ["| " + " | ".join(row) + " |" for row in rows]
 
-    c, f, h, w = latent_shape(args)
+    c, f, h, w = a["latent_shape"]
     preset = PRESETS[args.preset]
+    text = f"{preset.text_len} tokens, {preset.valid_tokens} valid"
+    text += "" if preset.text_mask else ", zero-padded, no mask"
+    blocks = "" if args.blocks is None else (
+        f" Built with --blocks {args.blocks} ({a['base_parameters']:,} base parameters, {a['dtype']}): a code-path "
+        "check, not the preset's measurement."
+    )
     lines += [
         "",
         f"Preset {args.preset} on {args.device} ({torch.get_num_threads()} CPU threads), {args.frames} frames at "
-        f"{args.height}x{args.width} -> latents ({c}, {f}, {h}, {w}), text ({preset['text_len']} tokens, "
-        f"{preset['valid_tokens']} valid), gradient checkpointing {'on' if preset['checkpointing'] else 'off'}; "
-        f"{args.warmup} warm-up + {args.steps} timed steps per configuration, each in its own process.",
+        f"{args.height}x{args.width} -> latents ({c}, {f}, {h}, {w}), text ({text}), gradient checkpointing "
+        f"{'on' if preset.checkpointing else 'off'}; "
+        f"{args.warmup} warm-up + {args.steps} timed steps per configuration, each in its own process." + blocks,
         "Target: (b)/(a) s/step <= 1.10. s/step = mean over the uniformly drawn modes of each mode's median "
         "step time (robust to a step slowed by other processes); s/step (mean) = plain mean of the timed steps. "
         "Peak RSS is the process's ru_maxrss (Python, model and data "
         "included); RSS growth in steps is how far the steps pushed it above its level after setup.",
         f"Model FLOPs/step: {a['model_flops'] / 1e12:.4g} T (hardware, with recomputation: "
         f"{a['hardware_flops'] / 1e12:.4g} T) = 2*linear + 3*attention, linear = 2*(N_video*T_video + "
-        "N_text*T_text), attention = 4*S^2*hidden*layers (S = video + valid text tokens); backward = input grads "
+        f"N_text*T_text), {preset.family.attention_formula}; backward = input grads "
         "of the frozen base (~1x linear, 2x attention), adapter FLOPs left out; hardware adds one forward "
         "(linear + attention) when gradient checkpointing recomputes.",
     ]
@@ -385,19 +589,20 @@ def table(args: argparse.Namespace, results: list[dict]) -> str:
         lines += [
             f"MFU = model FLOPs / s/step / {args.peak_tflops:g} TFLOP/s (--peak-tflops); HFU counts the "
             "recomputation. Peak GPU = torch.cuda.max_memory_allocated.",
-            "Mochi-1 targets: < 3.35 s/step (the reference's Mochi LoRA step on one H100) and <= 40 GB peak GPU.",
+            preset.family.targets,
         ]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Measure one configuration (--only) or both, each in a subprocess, and print the table."""
-    args = parse_args()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     check_device(args)
     if args.only:
         print(RESULT_MARKER + json.dumps(measure(args)), flush=True)
         return
-    print(table(args, [run_in_subprocess(config) for config in CONFIGS]))
+    print(table(args, [run_in_subprocess(argv, config) for config in CONFIGS]))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ GENERATE_OPTIONS = {
     "--fps": ("generate", "fps"),
 }
 INGEST_OPTIONS = {
+    "--model": ("model", "name"),
     "--frames": ("ingest", "num_frames"),
     "--height": ("ingest", "height"),
     "--width": ("ingest", "width"),
@@ -202,7 +203,7 @@ def _captions_for(videos: list[Path], caption: str | None) -> list[tuple[Path, s
     for video in videos:
         sibling = video.with_suffix(".txt")
         try:
-            text = caption if caption is not None else (sibling.read_text(encoding="utf-8") if sibling.is_file() else "")
+            text = caption if caption is not None else sibling.read_text(encoding="utf-8") if sibling.is_file() else ""
         except UnicodeDecodeError:
             raise CliError(f"{sibling}: caption is not UTF-8 text; save it as UTF-8") from None
         pairs.append((video, text))
@@ -211,10 +212,15 @@ def _captions_for(videos: list[Path], caption: str | None) -> list[tuple[Path, s
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dreamrelation.data.ingest import ingest_videos
-    from dreamrelation.models.mochi import MochiSpecification
+    from dreamrelation.models import model_clip_defaults, model_specification
 
-    config = IngestConfig.model_validate(_overrides(args).get("ingest", {}))
-    clips, errors = ingest_videos(_captions_for(args.videos, args.caption), args.data, config, MochiSpecification.defaults)
+    overrides = _overrides(args)
+    config = IngestConfig.model_validate(overrides.get("ingest", {}))
+    model = ModelConfig.model_validate(overrides.get("model", {}))
+    if problem := model_specification(model).clip_shape_problem(config.num_frames, config.height, config.width):
+        raise CliError(problem)
+    clips, errors = ingest_videos(_captions_for(args.videos, args.caption), args.data, config,
+                                  model_clip_defaults(model))
     for clip in clips:
         notes = f" ({'; '.join(clip.notes)})" if clip.notes else ""
         print(f"added {clip.name}{notes}")

@@ -35,16 +35,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DREAMRELATION_CACHE", Path.home() / ".cache" / "dreamrelation"))
 
 
-def _check_clip_shape(settings) -> None:
-    """Raise ValueError unless num_frames is 6k+1 and height/width are multiples of 16 (where set)."""
-    if settings.num_frames is not None and (settings.num_frames - 1) % 6:
-        raise ValueError(f"num_frames must be 6k+1 (e.g. 13, 25, 61), got {settings.num_frames}")
-    for name in ("height", "width"):
-        value = getattr(settings, name)
-        if value is not None and value % 16:
-            raise ValueError(f"{name} must be a multiple of 16, got {value}")
-
-
 def describe_validation_error(error: ValidationError) -> str:
     """One line for a pydantic error of these settings: each violation as 'field: what is wrong', with the
     field's whole allowed range and the value given (what the CLI and the app show)."""
@@ -72,7 +62,8 @@ def _bounds(model: type[BaseModel] | None, loc: tuple) -> str | None:
         if model is None or name not in model.model_fields:
             return None
         field = model.model_fields[name]
-        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        model = field.annotation if nested else None
     limits = {name: getattr(rule, name) for rule in field.metadata for name in ("gt", "ge", "lt", "le")
               if hasattr(rule, name)}
     low = f"above {limits['gt']}" if "gt" in limits else (f"at least {limits['ge']}" if "ge" in limits else None)
@@ -91,8 +82,9 @@ class ModelConfig(_Settings):
 
     name: str = Field(
         default_factory=default_model_name,
-        description="Base model: 'toy' (embedded, the default), 'mochi-1' (genmo/mochi-1-preview), 'tiny-random' "
-        "or 'tiny-random-small' (random weights, for tests), a Hub id, or a folder holding a saved MochiPipeline.",
+        description="Base model: 'toy' (embedded, the default), a registered name (README, 'Models'; e.g. "
+        "'tiny-random', random weights for tests), a Hub id, or a folder holding a saved pipeline of a "
+        "supported family.",
     )
     device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -107,25 +99,32 @@ class DataConfig(_Settings):
 
     data_dir: Path = Field(..., description="Folder with NAME.mp4|.mov|.webm videos, NAME.txt captions, masks/NAME/.")
     masks_dir: Path | None = Field(None, description="Masks folder when not DATA/masks (the reference's layout).")
-    num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip height in pixels (multiple of 16); None: model default.")
-    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip width in pixels (multiple of 16); None: model default.")
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames per clip (the model's rule, e.g. 4k+1); None: the model's default."
+    )
+    height: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Clip height, pixels (the model's multiple, e.g. 16); None: its default."
+    )
+    width: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Clip width, pixels (the model's multiple, e.g. 16); None: its default."
+    )
     frame_sampling: Literal["first", "uniform"] = Field(
         "first", description="'first': the first frames at the source rate; 'uniform': spread over the whole video."
     )
-
-    @model_validator(mode="after")
-    def _check_sizes(self):
-        _check_clip_shape(self)
-        return self
 
 
 class IngestConfig(_Settings):
     """How raw uploads become the normalised clips of a relation dataset."""
 
-    num_frames: int | None = Field(None, ge=1, description="Frames per clip (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip height (multiple of 16); None: the model's default.")
-    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Clip width (multiple of 16); None: the model's default.")
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames per clip (the model's rule, e.g. 4k+1); None: the model's default."
+    )
+    height: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Clip height (the model's multiple, e.g. 16); None: the model's default."
+    )
+    width: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Clip width (the model's multiple, e.g. 16); None: the model's default."
+    )
     fps: float | None = Field(None, gt=0, description="Frame rate clips are resampled to; None: the model's.")
     frame_sampling: Literal["first", "uniform"] = Field(
         "first", description="'first': the first seconds at the target rate; 'uniform': spread over the whole video."
@@ -134,11 +133,6 @@ class IngestConfig(_Settings):
     max_duration_s: float = Field(300.0, gt=0, description="Longest video accepted, in seconds.")
     max_pixels: int = Field(3840 * 2160, gt=0, description="Largest frame accepted (width x height).")
     max_caption_tokens: int = Field(256, ge=1, description="Longest caption accepted, in text-encoder tokens.")
-
-    @model_validator(mode="after")
-    def _check_sizes(self):
-        _check_clip_shape(self)
-        return self
 
 
 class MasksConfig(_Settings):
@@ -265,11 +259,17 @@ class GenerateConfig(_Settings):
     prompt: str = Field(..., description="What to generate, e.g. 'A bear is shaking hands with a raccoon.'")
     negative_prompt: str = Field("", description="What to steer away from.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial noise.")
-    steps: int = Field(64, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (diffusers' Mochi needs at least 2).")
+    steps: int = Field(64, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (at least 2).")
     guidance_scale: float = Field(6.0, ge=0, le=50, description="Classifier-free guidance scale.")
-    num_frames: int | None = Field(None, ge=1, description="Frames (6k+1); None: the model's default.")
-    height: int | None = Field(None, ge=16, le=MAX_SIDE, description="Height in pixels (multiple of 16); None: model default.")
-    width: int | None = Field(None, ge=16, le=MAX_SIDE, description="Width in pixels (multiple of 16); None: model default.")
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames (the model's rule, e.g. 4k+1); None: the model's default."
+    )
+    height: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Height in pixels (the model's multiple, e.g. 16); None: model default."
+    )
+    width: int | None = Field(
+        None, ge=16, le=MAX_SIDE, description="Width in pixels (the model's multiple, e.g. 16); None: model default."
+    )
     lora_scale: float = Field(1.0, ge=0, le=10, description="Strength of the relation LoRA.")
     fuse_lora: bool = Field(False, description="Fuse the LoRA into the weights (faster steps).")
     cpu_offload: bool = Field(False, description="Model CPU offload (GPU memory saver).")
@@ -280,7 +280,6 @@ class GenerateConfig(_Settings):
     def _check(self):
         if not self.prompt.strip():
             raise ValueError("prompt is empty: describe the video, e.g. 'A bear is shaking hands with a raccoon.'")
-        _check_clip_shape(self)
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int
     Raises GenerationError for a request the model cannot take (too many frames, an over-long prompt)."""
     defaults = loaded.defaults
     num_frames = config.num_frames or defaults.num_frames
-    if problem := loaded.spec.clip_length_problem(num_frames):
+    if problem := loaded.spec.clip_shape_problem(num_frames, config.height, config.width):
         raise GenerationError(problem)
     for name, text in (("prompt", config.prompt), ("negative_prompt", config.negative_prompt)):
         if problem := loaded.spec.text_length_problem(loaded.pipe, text):
@@ -57,15 +58,26 @@ def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int
     return num_frames, config.height or defaults.height, config.width or defaults.width
 
 
-def load_relation_lora(loaded: LoadedModel, lora_file: Path, scale: float = 1.0, fuse: bool = False) -> None:
-    """Load an exported relation LoRA into the pipeline with stock diffusers, at `scale`, optionally fused."""
+@contextmanager
+def relation_lora(loaded: LoadedModel, lora_file: Path | None, scale: float = 1.0, fuse: bool = False):
+    """A `with` block in which the pipeline carries an exported relation LoRA (stock diffusers loading) at
+    `scale`, optionally fused into the weights; on leaving it the pipeline is as before (unfused, unloaded),
+    so one loaded pipeline serves requests with different relations. `lora_file` None: the base model alone."""
+    if lora_file is None:
+        yield
+        return
     pipe = loaded.pipe
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=LORA_ADAPTER_NAME)
-    if fuse:  # merged into the base weights: no adapter overhead per step
-        pipe.fuse_lora(lora_scale=scale, adapter_names=[LORA_ADAPTER_NAME])
+    try:
+        if fuse:  # merged into the base weights: no adapter overhead per step
+            pipe.fuse_lora(lora_scale=scale, adapter_names=[LORA_ADAPTER_NAME])
+        else:
+            pipe.set_adapters([LORA_ADAPTER_NAME], [scale])
+        yield
+    finally:
+        if fuse:
+            pipe.unfuse_lora()
         pipe.unload_lora_weights()
-    else:
-        pipe.set_adapters([LORA_ADAPTER_NAME], [scale])
 
 
 def render(loaded: LoadedModel, config: GenerateConfig, callback=None) -> np.ndarray:
@@ -110,11 +122,10 @@ def generate(
         raise GenerationError(f"output must be an .mp4 file, got {output.name!r}")
     lora_file = resolve_lora_file(lora) if lora is not None else None
     loaded = loaded or load_model(model)
-    if lora_file is not None:
-        load_relation_lora(loaded, lora_file, config.lora_scale, config.fuse_lora)
     if config.cpu_offload and loaded.device.type == "cuda":
         loaded.pipe.enable_model_cpu_offload()
     if config.vae_tiling:
         loaded.pipe.vae.enable_tiling()
-    frames = render(loaded, config)
+    with relation_lora(loaded, lora_file, config.lora_scale, config.fuse_lora):
+        frames = render(loaded, config)
     return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps or loaded.defaults.fps))

@@ -3,13 +3,18 @@
 Phases, each resumable from WORK_DIR (rerun the same command after an interruption):
   1. clips      render Shapes World videos of the trained (not held-out) relations with captions;
   2. vae        train the tiny AutoencoderKLMochi on short windows and crops (Mochi's 8x space / 6x causal time), then set
-                its latents_mean / latents_std from its own latents;
-  3. latents    encode every clip (VAE mean) and caption (a frozen random T5 over the word-level vocabulary);
-  4. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
+                its latents_mean / latents_std from its own latents; with --reuse-vae FOLDER, take instead the VAE
+                (weights, latents_mean / latents_std) of a saved pipeline and train none (for frames that look
+                the same: shapes, colours and frame size unchanged);
+  3. text       with --text-pretrain-steps N > 0, pretrain the T5 on text alone over the whole caption grammar so
+                each token's output carries its role (dreamrelation.toyworld.text_pretraining), then freeze it;
+  4. latents    encode every clip (VAE mean) and caption (the frozen T5 over the word-level vocabulary: random
+                unless phase 3 ran);
+  5. transformer  train the MochiTransformer3DModel with the flow-matching objective of training (the same
                 `training_forward` the relation trainer uses), batched attention, caption dropout for CFG,
                 without the clips of world.HELD_OUT_COLOUR_PAIRS (kept unseen for the quality bar); with
                 --train-text-encoder the T5 trains with it, encoding the captions at every step;
-  5. save       `MochiPipeline.save_pretrained(OUTPUT)`, loadable with `from_pretrained` like a Hub model.
+  6. save       `MochiPipeline.save_pretrained(OUTPUT)`, loadable with `from_pretrained` like a Hub model.
 
     PYTHONPATH=. python scripts/train_toy_base.py --output assets/models/toy           # the real run
     PYTHONPATH=. python scripts/train_toy_base.py --quick --output /tmp/toy --work-dir /tmp/toy-work
@@ -28,12 +33,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dreamrelation.models.attention import use_batched_attention
-from dreamrelation.models.base import ClipDefaults, write_clip_defaults
+from dreamrelation.models.mochi import use_batched_attention
+from dreamrelation.models.base import ClipShape, write_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import build_tiny_pipeline
 from dreamrelation.toyworld.captions import caption, prompt_subjects
 from dreamrelation.toyworld.render import render_scene
+from dreamrelation.toyworld.text_pretraining import PRETRAIN_STEPS, pretrain_text_encoder
 from dreamrelation.toyworld.world import TRAINED_RELATIONS, is_held_out_pair, sample_scenes
 
 VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
@@ -58,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-crop", type=int, default=64, help="Side of the random square crops the VAE trains "
                         "on (multiple of 8; a convolutional VAE generalises to the full frame; 64 px costs a "
                         "third of 96 px).")
+    parser.add_argument("--reuse-vae", type=Path, default=None, metavar="FOLDER",
+                        help="A saved pipeline folder (e.g. assets/models/toy) whose VAE, weights and latents_mean / "
+                             "latents_std, is taken as it is instead of training one (only when the frames look the "
+                             "same: shapes, colours and frame size unchanged).")
     parser.add_argument("--transformer-steps", type=int, default=10000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4,
@@ -65,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sigma-shift", type=float, default=1.0,
                         help="Push training noise levels towards noise: "
                              "uniform σ -> shift·σ / (1 + (shift - 1)·σ).")
+    parser.add_argument("--text-pretrain-steps", type=int, default=0,
+                        help="Steps of text-only T5 pretraining on the caption grammar before the latents (0: the "
+                             f"random T5, as the shipped model was trained; its planned retrain uses {PRETRAIN_STEPS}).")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="Train the T5 with the transformer (else it stays frozen and the cached encodings serve).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
@@ -73,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.clips, args.frames, args.size, args.model_size = 6, 7, 32, "tiny"
         args.vae_steps, args.vae_batch, args.transformer_steps, args.batch, args.checkpoint_every = 2, 2, 3, 2, 2
+        args.text_pretrain_steps = min(args.text_pretrain_steps, 3)
     return args
 
 
@@ -157,9 +171,49 @@ def train_vae(vae, clips: np.ndarray, args, log: LossLog) -> None:
     vae.eval()
 
 
+# VAE config entries that are statistics of its latents, not its architecture.
+VAE_STATISTICS = ("latents_mean", "latents_std", "scaling_factor")
+
+
+def reuse_vae(vae, folder: Path) -> None:
+    """Phase 2 with --reuse-vae: load FOLDER/vae's weights and latent statistics into `vae`, which must match it."""
+    from diffusers import AutoencoderKLMochi
+
+    source = AutoencoderKLMochi.from_pretrained(folder, subfolder="vae")
+
+    def architecture(config) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()
+                if not k.startswith("_") and k not in VAE_STATISTICS}
+
+    if architecture(source.config) != architecture(vae.config):
+        raise ValueError(f"--reuse-vae {folder}: its VAE's architecture differs from --model-size's")
+    vae.load_state_dict(source.state_dict())
+    vae.register_to_config(**{k: source.config[k] for k in VAE_STATISTICS})
+    vae.eval()
+    print(f"reused the VAE of {folder} (no VAE training)")
+
+
+def pretrain_text(pipe, args, log: LossLog) -> None:
+    """Phase 3: text-only role pretraining of the T5, saved to (and on reruns loaded from) WORK_DIR/text_encoder."""
+    from transformers import T5EncoderModel
+
+    path = args.work_dir / "text_encoder"
+    if not path.exists():
+        metrics = pretrain_text_encoder(pipe.text_encoder, pipe.tokenizer, args.text_pretrain_steps, args.seed,
+                                        log=lambda step, loss: log.write("text", step, loss))
+        print(f"text encoder pretrained: {metrics}")
+        # Saved under a temporary name and renamed, so an interrupted save is not mistaken for a finished phase.
+        staging = path.with_suffix(".tmp")
+        pipe.text_encoder.save_pretrained(staging)
+        staging.replace(path)
+    pipe.text_encoder.load_state_dict(T5EncoderModel.from_pretrained(path).state_dict())
+    # Eval mode on a rerun too (the built T5 is in training mode), so resumed runs encode captions alike.
+    pipe.text_encoder.eval()
+
+
 @torch.no_grad()
 def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[str, torch.Tensor]:
-    """Phase 3: VAE means of every clip, the VAE's latent statistics, and the caption encodings (cached)."""
+    """Phase 4: VAE means of every clip, the VAE's latent statistics, and the caption encodings (cached)."""
     path = args.work_dir / "latents.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
@@ -168,8 +222,11 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
         pipe.vae.encode(to_video_tensor(clips[i : i + 4], args.device)).latent_dist.mean.cpu()
         for i in tqdm(range(0, len(clips), 4), desc="latents")
     ])
-    latents_mean = means.mean(dim=(0, 2, 3, 4))
-    latents_std = means.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    if args.reuse_vae:  # the reused VAE keeps its own statistics
+        latents_mean, latents_std = torch.tensor(pipe.vae.config.latents_mean), torch.tensor(pipe.vae.config.latents_std)
+    else:
+        latents_mean = means.mean(dim=(0, 2, 3, 4))
+        latents_std = means.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
     pipe.vae.register_to_config(latents_mean=latents_mean.tolist(), latents_std=latents_std.tolist(), scaling_factor=1.0)
     embeds, masks = zip(*(spec.encode_prompts(pipe, captions[i : i + 64]) for i in range(0, len(captions), 64)))
     empty_embeds, empty_mask = spec.encode_prompts(pipe, [""])
@@ -193,7 +250,7 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 
 def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
-    """Phase 4: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
+    """Phase 5: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
     spec = MochiSpecification()
     transformer = pipe.transformer
     use_batched_attention(transformer)
@@ -243,14 +300,19 @@ def main(argv=None) -> None:
     log = LossLog(args.work_dir / "loss.jsonl")
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed, size=args.model_size).to(args.device)
-    pipe.text_encoder.requires_grad_(args.train_text_encoder)
     clips, captions = render_clips(args)
-    train_vae(pipe.vae, clips, args, log)
+    if args.reuse_vae:
+        reuse_vae(pipe.vae, args.reuse_vae)
+    else:
+        train_vae(pipe.vae, clips, args, log)
+    if args.text_pretrain_steps:
+        pretrain_text(pipe, args, log)
+    pipe.text_encoder.requires_grad_(args.train_text_encoder)
     data = encode_latents(pipe, clips, captions, args)
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
     train_transformer(pipe, data, captions, args, log)
     pipe.to("cpu").save_pretrained(args.output)
-    write_clip_defaults(args.output, ClipDefaults(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
+    write_clip_defaults(args.output, ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
     print(f"saved the toy MochiPipeline to {args.output}")
 
 

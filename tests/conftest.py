@@ -26,3 +26,12 @@ def tiny(model_config):
     from dreamrelation.models import load_model
 
     return load_model(model_config)
+
+
+@pytest.fixture(params=["tiny-random", "tiny-random-wan"])
+def tiny_family(request, cache_dir):
+    """A freshly loaded tiny pipeline of each model family (Mochi, Wan)."""
+    from dreamrelation.config import ModelConfig
+    from dreamrelation.models import load_model
+
+    return load_model(ModelConfig(name=request.param, device="cpu", cache_dir=cache_dir))

@@ -1,4 +1,6 @@
-"""Run by test_cli.py under `accelerate launch --num_processes 2`: trains, then each rank saves its adapters."""
+"""Run by test_cli.py under `accelerate launch --num_processes 2`: trains, then each rank saves its adapters.
+
+    distributed_train.py DATA OUT CACHE MODEL"""
 
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from dreamrelation.train.trainer import train
 
 data_dir, out, cache = map(Path, sys.argv[1:4])
 run = RunConfig(
-    model=ModelConfig(name="tiny-random", device="cpu", cache_dir=cache),
+    model=ModelConfig(name=sys.argv[4], device="cpu", cache_dir=cache),
     data=DataConfig(data_dir=data_dir, num_frames=13, height=32, width=32),
     train=TrainConfig(output_dir=out, steps=4, checkpoint_every=2),
 )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dreamrelation.data.dataset import write_subject_masks
 from dreamrelation.data.video import write_video
@@ -68,3 +69,18 @@ def load_script(relative_path: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def transformer_inputs(transformer, seed=0, frames=2, size=4) -> dict:
+    """Random inputs of one forward pass of a Mochi or Wan transformer (by its config): latents (1, C, frames,
+    size, size) and 7 text tokens of which 5 are valid (a mask for Mochi, zero padding for Wan)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = transformer.config
+    latents = torch.randn(1, cfg.in_channels, frames, size, size, generator=g)
+    if hasattr(cfg, "text_embed_dim"):  # Mochi: joint attention with a text mask
+        return dict(hidden_states=latents, encoder_hidden_states=torch.randn(1, 7, cfg.text_embed_dim, generator=g),
+                    timestep=torch.tensor([321.0]), return_dict=False,
+                    encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool))
+    text = torch.randn(1, 7, cfg.text_dim, generator=g)
+    text[:, 5:] = 0.0  # Wan: padding is zeros, as WanPipeline gives it
+    return dict(hidden_states=latents, encoder_hidden_states=text, timestep=torch.tensor([321.0]), return_dict=False)

@@ -4,7 +4,7 @@ import torch
 from diffusers import MochiTransformer3DModel
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
-from dreamrelation.models.attention import use_batched_attention
+from dreamrelation.models.mochi import use_batched_attention
 
 
 def test_batched_processor_matches_the_stock_one_on_a_batch_with_different_text_lengths(tiny):

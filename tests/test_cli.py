@@ -117,14 +117,15 @@ def test_help_documents_every_option():
         assert flag in result.stdout
 
 
-def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cache_dir, tmp_path):
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-wan"])
+def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cache_dir, tmp_path, model):
     # `--multi_gpu` selects torchrun; on a machine without GPUs the processes talk over gloo on the CPU
     # (accelerate's `--cpu` alone would start a single process).
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     env_script = str(REPO / "tests" / "distributed_train.py")
     result = subprocess.run(
-        [*launcher, env_script, str(data_dir), str(tmp_path), str(cache_dir)],
+        [*launcher, env_script, str(data_dir), str(tmp_path), str(cache_dir), model],
         capture_output=True, text=True, timeout=600, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )

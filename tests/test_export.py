@@ -11,7 +11,7 @@ from dreamrelation.generate import GenerationError, generate, render
 from dreamrelation.method.adapters import activate_adapters, add_adapters
 from dreamrelation.models import load_model
 
-from test_method_adapters import transformer_inputs
+from helpers import transformer_inputs
 
 
 def trained_like(tiny, method):

@@ -23,9 +23,9 @@ from dreamrelation.data.video import (
     probe_video,
     read_frames,
 )
-from dreamrelation.models.base import ClipDefaults
+from dreamrelation.models.base import ClipShape
 
-DEFAULTS = ClipDefaults(num_frames=61, height=480, width=848, fps=30)
+DEFAULTS = ClipShape(num_frames=61, height=480, width=848, fps=30)
 # 13 frames at 10 fps: a source must last at least 1.3 s. 32x32 from 64x48 keeps the middle 48 columns.
 CONFIG = IngestConfig(num_frames=13, height=32, width=32, fps=10)
 CAPTION = "A cat is hugging a dog."
@@ -352,7 +352,7 @@ def test_ingest_writes_the_sample_and_metadata(tmp_path, uploads, data_dir):
 
 
 def test_model_defaults_fill_unset_settings(uploads, data_dir):
-    defaults = ClipDefaults(num_frames=7, height=16, width=32, fps=5)
+    defaults = ClipShape(num_frames=7, height=16, width=32, fps=5)
     clip = ingest_video(uploads / "good.mp4", CAPTION, data_dir, IngestConfig(), defaults)
     info = probe_video(clip.video)
     assert (info.num_frames, info.fps, info.width, info.height) == (7, 5.0, 32, 16)

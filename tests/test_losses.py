@@ -1,4 +1,4 @@
-"""Losses against hand computations (METHOD.md §2-3)."""
+"""Losses against hand computations (docs/method.md §2-3)."""
 
 import math
 

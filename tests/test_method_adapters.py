@@ -2,22 +2,11 @@
 
 import pytest
 import torch
-from diffusers import MochiTransformer3DModel
 
 from dreamrelation.config import MethodConfig
 from dreamrelation.method.adapters import activate_adapters, add_adapters, adapter_parameters, training_modes
 
-
-def transformer_inputs(transformer, seed=0, frames=2, size=4):
-    g = torch.Generator().manual_seed(seed)
-    cfg = transformer.config
-    return dict(
-        hidden_states=torch.randn(1, cfg.in_channels, frames, size, size, generator=g),
-        encoder_hidden_states=torch.randn(1, 7, cfg.text_embed_dim, generator=g),
-        timestep=torch.tensor([321.0]),
-        encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool),
-        return_dict=False,
-    )
+from helpers import transformer_inputs
 
 
 def lora_targets(transformer, adapter):
@@ -54,8 +43,9 @@ def test_adapters_sit_exactly_on_the_listed_projections(tiny):
         assert all(torch.count_nonzero(p) == 0 for k, p in params.items() if "lora_B" in k)
 
 
-def test_zero_initialised_adapters_leave_the_output_of_stock_diffusers_unchanged(tiny, model_config):
-    stock = MochiTransformer3DModel.from_pretrained(tiny.folder, subfolder="transformer")
+def test_zero_initialised_adapters_leave_the_output_of_stock_diffusers_unchanged(tiny_family):
+    tiny = tiny_family
+    stock = type(tiny.pipe.transformer).from_pretrained(tiny.folder, subfolder="transformer")
     transformer = tiny.pipe.transformer
     add_adapters(transformer, tiny.spec, MethodConfig())
     activate_adapters(transformer, ["relation", "subject1", "subject2", "ffn"])
@@ -65,7 +55,8 @@ def test_zero_initialised_adapters_leave_the_output_of_stock_diffusers_unchanged
 
 
 @pytest.mark.parametrize("mode_index", [0, 1, 2])
-def test_only_the_adapters_of_a_mode_get_gradients(tiny, mode_index):
+def test_only_the_adapters_of_a_mode_get_gradients(tiny_family, mode_index):
+    tiny = tiny_family
     transformer = tiny.pipe.transformer
     method = MethodConfig()
     add_adapters(transformer, tiny.spec, method)

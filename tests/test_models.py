@@ -13,13 +13,13 @@ from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import axial_rope_frequencies
 
 
-def test_masks_map_to_the_latent_grid_like_mochis_causal_vae():
+def test_masks_map_to_the_latent_grid_like_mochis_causal_vae(tiny):
     # 13 frames, 16x16 pixels -> 3 latent frames of 2x2 cells. One subject pixel at (row 9, col 2) in frames
     # 0, 1, 2 and 7 (frame 7 belongs to latent frame 2: frames 7..12).
     masks = torch.zeros(1, 13, 16, 16)
     for frame in (0, 1, 2, 7):
         masks[0, frame, 9, 2] = 1.0
-    grid = MochiSpecification().masks_to_latent_grid(masks)
+    grid = MochiSpecification().masks_to_latent_grid(tiny.pipe, masks)
     expected = torch.zeros(1, 3, 2, 2)
     expected[0, 0, 1, 0] = 1.0  # latent frame 0 <- frame 0
     expected[0, 1, 1, 0] = 2 / 6  # latent frame 1 <- mean of frames 1..6 (present in 1 and 2)
@@ -27,9 +27,9 @@ def test_masks_map_to_the_latent_grid_like_mochis_causal_vae():
     assert torch.allclose(grid, expected)
 
 
-def test_masks_need_6k_plus_1_frames():
+def test_masks_need_6k_plus_1_frames(tiny):
     with pytest.raises(ValueError, match="6k\\+1"):
-        MochiSpecification().masks_to_latent_grid(torch.zeros(1, 12, 16, 16))
+        MochiSpecification().masks_to_latent_grid(tiny.pipe, torch.zeros(1, 12, 16, 16))
 
 
 class RecordingTransformer(torch.nn.Module):
@@ -108,7 +108,7 @@ def test_a_local_pipeline_folder_loads(tiny, cache_dir):
     assert loaded.folder == tiny.folder
 
 
-def test_mask_files_with_unpadded_names_reach_the_latent_grid_as_computed_by_hand(tmp_path):
+def test_mask_files_with_unpadded_names_reach_the_latent_grid_as_computed_by_hand(tmp_path, tiny):
     """13 mask frames named frame0.png .. frame12.png (so frame10 sorts after frame9 only numerically).
 
     Subject 1 (red, left) sits in the top-left 8x8 cell in every frame. Subject 2 (green, right) appears in the
@@ -126,7 +126,7 @@ def test_mask_files_with_unpadded_names_reach_the_latent_grid_as_computed_by_han
             frame[12:13, 15:16] = (0, 255, 0)  # one pixel in frame 0: latent frame 0 cell is 1 (any pixel)
         Image.fromarray(frame).save(tmp_path / f"frame{n}.png")
     pixels = torch.from_numpy(load_subject_masks(tmp_path, list(range(13)), 16, 16))
-    grid = MochiSpecification().masks_to_latent_grid(pixels)
+    grid = MochiSpecification().masks_to_latent_grid(tiny.pipe, pixels)
     expected = torch.zeros(2, 3, 2, 2)
     expected[0, :, 0, 0] = 1.0
     expected[1, 0, 1, 1] = 1.0

@@ -7,7 +7,7 @@ import numpy as np
 from dreamrelation.config import TOY_MODEL_DIR, GenerateConfig, ModelConfig
 from dreamrelation.generate import generate
 from dreamrelation.models import load_model
-from dreamrelation.models.base import ClipDefaults
+from dreamrelation.models.base import ClipShape
 
 MAX_BYTES = 60 * 1024 * 1024
 
@@ -28,7 +28,7 @@ def test_stock_diffusers_loads_it_offline():
 
 def test_it_generates_a_video_at_its_clip_size(tmp_path):
     loaded = load_model(ModelConfig(name="toy", device="cpu"))
-    assert loaded.defaults == ClipDefaults(num_frames=25, height=96, width=96, fps=24)
+    assert loaded.defaults == ClipShape(num_frames=25, height=96, width=96, fps=24)
     request = GenerateConfig(prompt="A red circle approaches a blue square.", steps=3, num_frames=7)
     result = generate(ModelConfig(name="toy", device="cpu"), None, request, tmp_path / "toy.mp4", loaded=loaded)
     assert result.frames.shape == (7, 96, 96, 3) and result.path.exists()

@@ -11,16 +11,23 @@ from dreamrelation.generate import generate
 
 
 def test_quick_run_saves_a_loadable_pipeline_and_resumes(tmp_path, cache_dir):
+    from transformers import T5EncoderModel
+
     script = load_script("scripts/train_toy_base.py")
     out, work = tmp_path / "toy", tmp_path / "work"
-    script.main(["--quick", "--output", str(out), "--work-dir", str(work)])
+    # --quick shrinks the text pretraining (off by default) to a few steps, like every other phase.
+    argv = ["--quick", "--output", str(out), "--work-dir", str(work), "--text-pretrain-steps", "1500"]
+    script.main(argv)
     phases = [json.loads(line)["phase"] for line in (work / "loss.jsonl").read_text().splitlines()]
-    assert phases.count("vae") == 2 and phases.count("transformer") == 3
+    assert phases.count("text") == 3 and phases.count("vae") == 2 and phases.count("transformer") == 3
     vae_config = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae_config["latents_mean"]) == 12 and len(vae_config["latents_std"]) == 12
     # A second run resumes every phase from the work folder: no step is trained again.
-    script.main(["--quick", "--output", str(out), "--work-dir", str(work)])
+    script.main(argv)
     assert len((work / "loss.jsonl").read_text().splitlines()) == len(phases)
+    pretrained = T5EncoderModel.from_pretrained(work / "text_encoder").state_dict()
+    saved = T5EncoderModel.from_pretrained(out / "text_encoder").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in pretrained.items())
     result = generate(
         ModelConfig(name=str(out), device="cpu", cache_dir=cache_dir),
         None,
@@ -44,3 +51,21 @@ def test_train_text_encoder_trains_the_t5_and_frozen_keeps_it(tmp_path):
         saved = T5EncoderModel.from_pretrained(out / "text_encoder").state_dict()
         changed[bool(flag)] = any(not torch.equal(saved[k], v) for k, v in initial.items())
     assert changed == {False: False, True: True}
+
+
+def test_reuse_vae_skips_vae_training_and_saves_the_reused_vae(tmp_path):
+    from diffusers import AutoencoderKLMochi
+
+    script = load_script("scripts/train_toy_base.py")
+    first = tmp_path / "first"
+    script.main(["--quick", "--output", str(first), "--work-dir", str(tmp_path / "work1")])
+    out, work = tmp_path / "second", tmp_path / "work2"
+    # Another seed, so a trained (or freshly built) VAE would differ from the reused one.
+    script.main(["--quick", "--seed", "1", "--reuse-vae", str(first), "--output", str(out), "--work-dir", str(work)])
+    phases = [json.loads(line)["phase"] for line in (work / "loss.jsonl").read_text().splitlines()]
+    assert "vae" not in phases and phases.count("transformer") == 3
+    assert not (work / "vae.pt").exists()
+    reused, saved = (AutoencoderKLMochi.from_pretrained(folder, subfolder="vae") for folder in (first, out))
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in reused.state_dict().items())
+    for key in ("latents_mean", "latents_std", "scaling_factor"):
+        assert saved.config[key] == reused.config[key]

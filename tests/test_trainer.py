@@ -34,11 +34,12 @@ def run_config(model_config, data_dir, out, **train):
     )
 
 
-def test_one_clip_is_overfit_by_the_real_training_step(model_config, tmp_path):
+@pytest.mark.parametrize("name", ["tiny-random-small", "tiny-random-wan"])
+def test_one_clip_is_overfit_by_the_real_training_step(model_config, tmp_path, name):
     """The classic sanity check: the same clip, noise and sigma every step; the loss must fall by half.
 
-    The 'small' random model: the 0.06M one is too narrow to fit a clip through LoRAs at all."""
-    model_config = model_config.model_copy(update={"name": "tiny-random-small"})
+    Mochi's 'small' random model: the 0.06M one is too narrow to fit a clip through LoRAs at all."""
+    model_config = model_config.model_copy(update={"name": name})
     tiny = load_model(model_config)
     data_dir = write_two_subject_dataset(tmp_path / "one", num_videos=1, **CLIP)
     run = run_config(model_config, data_dir, tmp_path / "out")

@@ -118,7 +118,7 @@ def build_callbacks(studio: Studio):
         return studio.owner_key(identity_of(request))
 
     @user_errors
-    def create_masks(videos: list[str], captions: str, relation: str, subjects: str = "", engine: str = "auto",
+    def create_masks(videos: list[str], captions: str, relation: str, subjects: str | None = None, engine: str = "auto",
                      request: gr.Request = None, progress=gr.Progress()):
         """Upload relation videos (1-30) with captions (one per line, or one for all) and make subject masks.
         Returns the dataset id, a summary, the mask overlays and the video names."""
@@ -181,11 +181,11 @@ def build_callbacks(studio: Studio):
 
     @user_errors
     @on_zero_gpu
-    def generate(relation_id: str = BASE_MODEL, prompt: str = "", negative_prompt: str = "", seed: int = 0,
+    def generate(relation_id: str | None = None, prompt: str | None = None, negative_prompt: str = "", seed: int = 0,
                  steps: int = GENERATION_STEPS, guidance_scale: float = 6.0, num_frames: int | None = None,
                  lora_scale: float = 1.0, request: gr.Request = None):
-        """Generate a video of a trained relation (its job id; 'base' for the base model alone); num_frames
-        left out (or 0) is the model's. Returns the mp4."""
+        """Generate a video of a trained relation (its job id; left out or 'base': the base model alone);
+        num_frames left out (or 0) is the model's. Returns the mp4."""
         request_config = GenerateConfig.model_validate(dict(
             prompt=prompt or "", negative_prompt=negative_prompt or "", seed=seed, steps=steps,
             guidance_scale=guidance_scale, num_frames=num_frames or None, lora_scale=lora_scale,

@@ -110,12 +110,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 relation_pick = gr.Dropdown([], label="Relation", elem_id="relation-pick", allow_custom_value=True)
                 refresh = gr.Button("Refresh relations", elem_id="refresh-relations")
             prompt = gr.Textbox(label="Prompt", placeholder="A red circle orbits a blue square.", elem_id="prompt")
-            negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+            negative = gr.Textbox("", label="Negative prompt", elem_id="negative-prompt")
             with gr.Row():
                 seed = _value(0, "Seed", elem_id="gen-seed")
                 steps = _value(GENERATION_STEPS, "Steps", elem_id="gen-steps")
                 guidance = _value(6.0, "CFG", elem_id="gen-cfg")
-                frames = _value(studio.clip_defaults.num_frames, "Frames (6k+1)", elem_id="gen-frames")
+                frames = _value(studio.clip_defaults.num_frames, f"Frames ({studio.spec.frame_group}k+1)",
+                                elem_id="gen-frames")
                 lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
             result = gr.Video(label="Result", height=320, elem_id="result-video")

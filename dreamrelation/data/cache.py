@@ -21,15 +21,9 @@ from tqdm.auto import tqdm
 from dreamrelation.config import DataConfig
 from dreamrelation.data.dataset import DatasetError, RelationSample, load_subject_masks
 from dreamrelation.data.video import load_clip, probe_video
+from dreamrelation.models.base import ClipShape
 
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ClipShape:
-    num_frames: int
-    height: int
-    width: int
 
 
 @dataclass
@@ -47,13 +41,13 @@ class PreparedDataset:
     encoded: int  # records encoded in this call (0 when everything came from the cache)
 
 
-def clip_shape(data: DataConfig, defaults) -> ClipShape:
-    """The clip size of a run: the data settings, else the model's defaults."""
-    return ClipShape(
-        num_frames=data.num_frames or defaults.num_frames,
-        height=data.height or defaults.height,
-        width=data.width or defaults.width,
-    )
+def clip_shape(loaded, data: DataConfig) -> ClipShape:
+    """The clip shape of a run: the data settings, else the model's defaults; DatasetError when the model's
+    family cannot take it."""
+    shape = loaded.defaults.resolve(num_frames=data.num_frames, height=data.height, width=data.width)
+    if problem := loaded.spec.clip_shape_problem(shape.num_frames, shape.height, shape.width):
+        raise DatasetError(problem)
+    return shape
 
 
 def _file_digest(path: Path) -> str:
@@ -122,7 +116,7 @@ def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: s
         "latent_logvar": logvar,
         "prompt_embeds": embeds[0].float(),
         "prompt_mask": prompt_mask[0],
-        "subject_masks": spec.masks_to_latent_grid(masks),
+        "subject_masks": spec.masks_to_latent_grid(pipe, masks),
     }
 
 
@@ -144,7 +138,7 @@ def prepare_dataset(
     `loaded` is a LoadedModel whose VAE and text encoder are used (and may be freed afterwards).
     Raises DatasetError / VideoError naming the clip that cannot be used.
     """
-    shape = clip_shape(data, loaded.defaults)
+    shape = clip_shape(loaded, data)
     latents_dir = Path(cache_dir) / "latents"
     fingerprint = model_fingerprint(loaded.folder)
     records, encoded = [], 0

@@ -35,7 +35,7 @@ from dreamrelation.data.video import (
 
 if TYPE_CHECKING:
     # Only the type: importing the models package would load torch, which ingesting does not need.
-    from dreamrelation.models.base import ClipDefaults
+    from dreamrelation.models.base import ClipShape
 
 # Folders of the dataset whose entries are named after samples: a new name must be free in all of them, so
 # a new clip never picks up an old clip's masks or metadata.
@@ -63,26 +63,6 @@ class IngestedClip:
     preview: Path
     metadata: Path
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _ClipShape:
-    """The normalised clip's frame count, size and rate."""
-
-    num_frames: int
-    height: int
-    width: int
-    fps: float
-
-
-def _clip_shape(config: IngestConfig, defaults: ClipDefaults) -> _ClipShape:
-    """Fill the config's unset clip settings with the model's defaults."""
-
-    def pick(name: str):
-        value = getattr(config, name)
-        return getattr(defaults, name) if value is None else value
-
-    return _ClipShape(pick("num_frames"), pick("height"), pick("width"), pick("fps"))
 
 
 def _file_stem(original_name: str) -> str:
@@ -165,7 +145,7 @@ def _check_file(source: Path, max_file_mb: float) -> None:
         )
 
 
-def _check_video(info: VideoInfo, config: IngestConfig, shape: _ClipShape) -> None:
+def _check_video(info: VideoInfo, config: IngestConfig, shape: ClipShape) -> None:
     """Raise IngestError when the video is too big, too long, or too short for the clip at the target rate."""
     pixels = info.width * info.height
     if pixels > config.max_pixels:
@@ -199,7 +179,7 @@ def _is_variable_rate(times: tuple[float, ...]) -> bool:
     return len(gaps) > 1 and gaps.max() - gaps.min() > 0.1 * np.median(gaps)
 
 
-def _timing_notes(info: VideoInfo, shape: _ClipShape, sampling: str, source_fps: float) -> list[str]:
+def _timing_notes(info: VideoInfo, shape: ClipShape, sampling: str, source_fps: float) -> list[str]:
     """Describe how the source's frames were resampled in time."""
     notes = []
     if _is_variable_rate(info.timestamps):
@@ -217,7 +197,7 @@ def _timing_notes(info: VideoInfo, shape: _ClipShape, sampling: str, source_fps:
     return notes
 
 
-def _space_notes(info: VideoInfo, shape: _ClipShape, box: tuple[int, int, int, int]) -> list[str]:
+def _space_notes(info: VideoInfo, shape: ClipShape, box: tuple[int, int, int, int]) -> list[str]:
     """Describe rotation, cropping and upscaling; box is (x0, y0, x1, y1) in upright source pixels."""
     notes = []
     if info.rotation:
@@ -233,7 +213,7 @@ def _space_notes(info: VideoInfo, shape: _ClipShape, box: tuple[int, int, int, i
     return notes
 
 
-def _metadata(source: Path, info: VideoInfo, shape: _ClipShape, sampling: str, box, indices: list[int]) -> dict:
+def _metadata(source: Path, info: VideoInfo, shape: ClipShape, sampling: str, box, indices: list[int]) -> dict:
     """The meta/NAME.json record: where the clip came from and how it was made."""
     return {
         "source": source.name,
@@ -310,7 +290,7 @@ def ingest_video(
     caption: str,
     data_dir: Path,
     config: IngestConfig,
-    defaults: ClipDefaults,
+    defaults: ClipShape,
     name: str | None = None,
     tokenizer=None,
 ) -> IngestedClip:
@@ -328,7 +308,7 @@ def ingest_video(
     problem; nothing is written then.
     """
     source, data_dir = Path(source), Path(data_dir)
-    shape = _clip_shape(config, defaults)
+    shape = defaults.resolve(num_frames=config.num_frames, height=config.height, width=config.width, fps=config.fps)
     try:
         _check_file(source, config.max_file_mb)
         caption = check_caption(caption, tokenizer, config.max_caption_tokens)
@@ -361,7 +341,7 @@ def ingest_videos(
     items: list[tuple[Path, str]],
     data_dir: Path,
     config: IngestConfig,
-    defaults: ClipDefaults,
+    defaults: ClipShape,
     tokenizer=None,
 ) -> tuple[list[IngestedClip], list[str]]:
     """Ingest several uploads; one bad upload never stops the others.

@@ -1,6 +1,6 @@
 """Runs queued training jobs in worker processes, in the background of the app.
 
-GPU policy: one training job at a time. A relation LoRA run takes the whole accelerator (Mochi's transformer
+GPU policy: one training job at a time. A relation LoRA run takes the whole accelerator (a full-size video transformer
 alone fills most of a large GPU), so jobs wait in one first-in-first-out queue, ordered by submission time,
 shared by all owners; `max_running` stays 1 except on machines with room for more. Generation is the app's
 call: `JobScheduler.training_running()` says whether a training job holds the GPU right now, so the app can

@@ -1,4 +1,4 @@
-"""The relation LoRA triplet as named peft adapters, and the hybrid-mask training modes (METHOD.md §1-2).
+"""The relation LoRA triplet as named peft adapters, and the hybrid-mask training modes (docs/method.md §1-2).
 
 | adapter   | placement (default)                    | trained in modes            | exported |
 |-----------|----------------------------------------|-----------------------------|----------|
@@ -65,7 +65,7 @@ def exported_adapters(method: MethodConfig) -> list[str]:
 
 
 def training_modes(method: MethodConfig) -> list[TrainingMode]:
-    """The modes one step picks from uniformly (METHOD.md §2)."""
+    """The modes one step picks from uniformly (docs/method.md §2)."""
     relation_mask = "relation" if method.mask_loss else None
     if method.mode == "direct-lora":
         return [TrainingMode("direct", ("direct",), None)]

@@ -1,4 +1,4 @@
-"""The two losses of DreamRelation (METHOD.md §2-3): hybrid-mask reconstruction and the space-time
+"""The two losses of DreamRelation (docs/method.md §2-3): hybrid-mask reconstruction and the space-time
 relational contrastive loss with its positive and negative banks."""
 
 from __future__ import annotations

@@ -9,13 +9,19 @@ from pathlib import Path
 import torch
 
 from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
-from dreamrelation.models.base import ClipDefaults, ModelSpecification, read_clip_defaults
+from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
+from dreamrelation.models.wan import WanSpecification
 
-FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification()}
+FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification(), "WanPipeline": WanSpecification()}
 
-HUB_ALIASES = {"mochi-1": "genmo/mochi-1-preview"}
-TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small"}  # name -> size in models/tiny_random.py
+HUB_ALIASES = {
+    "mochi-1": "genmo/mochi-1-preview",
+    "wan2.1-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "wan2.1-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+}
+# name -> size in models/tiny_random.py
+TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small", "tiny-random-wan": "wan"}
 
 
 def quiet_loading_bars() -> None:
@@ -39,7 +45,7 @@ class LoadedModel:
     folder: Path
     device: torch.device
     dtype: torch.dtype
-    defaults: ClipDefaults  # the clip shape it generates and trains at unless told otherwise
+    defaults: ClipShape  # the clip shape it generates and trains at unless told otherwise
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +118,7 @@ def resolve_source(config: ModelConfig) -> Path:
     if (repo_id := hub_id(name)) is not None:
         return _hub_snapshot(repo_id, name)
     raise ModelLoadError(
-        f"unknown model {name!r}: use 'toy', 'mochi-1', {', '.join(map(repr, TINY_RANDOM))}, a Hub id (org/name) "
+        f"unknown model {name!r}: use 'toy', {', '.join(map(repr, [*HUB_ALIASES, *TINY_RANDOM]))}, a Hub id (org/name) "
         "or a folder holding a saved pipeline"
     )
 
@@ -131,7 +137,12 @@ def load_model(config: ModelConfig) -> LoadedModel:
                        defaults=read_clip_defaults(folder, spec.defaults))
 
 
-def model_clip_defaults(config: ModelConfig) -> ClipDefaults:
+def model_clip_defaults(config: ModelConfig) -> ClipShape:
     """The clip shape of the model `config` names, without loading its weights (for ingesting uploads)."""
     folder = resolve_source(config)
     return read_clip_defaults(folder, specification_for(folder).defaults)
+
+
+def model_specification(config: ModelConfig) -> ModelSpecification:
+    """The family of the model `config` names, without loading its weights (to check a clip shape early)."""
+    return specification_for(resolve_source(config))

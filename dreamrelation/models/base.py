@@ -1,19 +1,21 @@
 """What the trainer, exporter and generator need from a base model family.
 
-One subclass per family (Mochi today; CogVideoX or HunyuanVideo would be new files): it says how to load
-the pipeline, where each adapter role goes, how a clip and a caption are encoded, how subject masks map to
-its latent grid, and how one training forward pass is computed. The trainer never names a model.
+One subclass per family, a file each in this package: it says how to load the pipeline, which clip shapes
+it takes, where each adapter role goes, how a clip and a caption are encoded, how subject masks map to its
+latent grid, what can leave the GPU once the data is encoded, and how one training forward pass is computed.
+Nothing outside models/ names a family.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 # Beside model_index.json, a pipeline folder may say the clip shape it was trained at (the toy model does);
@@ -22,24 +24,30 @@ CLIP_DEFAULTS_FILE = "dreamrelation.json"
 
 
 @dataclass(frozen=True)
-class ClipDefaults:
-    """The resolution a model generates and trains at unless told otherwise."""
+class ClipShape:
+    """A clip's frame count, size and rate: a model's defaults, or what a run, an ingest or a request uses."""
 
     num_frames: int
     height: int
     width: int
-    fps: int
+    fps: float
+
+    def resolve(self, num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                fps: float | None = None) -> "ClipShape":
+        """This shape with the values that are set (not None) replaced."""
+        given = dict(num_frames=num_frames, height=height, width=width, fps=fps)
+        return replace(self, **{name: value for name, value in given.items() if value is not None})
 
 
-def read_clip_defaults(folder: Path, family_defaults: ClipDefaults) -> ClipDefaults:
+def read_clip_defaults(folder: Path, family_defaults: ClipShape) -> ClipShape:
     """The clip defaults a pipeline folder declares in CLIP_DEFAULTS_FILE, else `family_defaults`."""
     path = Path(folder) / CLIP_DEFAULTS_FILE
     if not path.is_file():
         return family_defaults
-    return ClipDefaults(**json.loads(path.read_text(encoding="utf-8"))["clip_defaults"])
+    return ClipShape(**json.loads(path.read_text(encoding="utf-8"))["clip_defaults"])
 
 
-def write_clip_defaults(folder: Path, defaults: ClipDefaults) -> Path:
+def write_clip_defaults(folder: Path, defaults: ClipShape) -> Path:
     """Record the clip shape a saved pipeline was trained at (read back by read_clip_defaults); returns the file."""
     path = Path(folder) / CLIP_DEFAULTS_FILE
     path.write_text(json.dumps({"clip_defaults": asdict(defaults)}, indent=1) + "\n", encoding="utf-8")
@@ -50,8 +58,10 @@ class ModelSpecification(ABC):
     """A base model family. Subclasses are stateless; the loaded pipeline is passed in."""
 
     pipeline_class_name: str
-    defaults: ClipDefaults
+    defaults: ClipShape
     max_num_frames: int  # the longest clip the family generates or trains on
+    frame_group: int  # clips have 1 + k * frame_group frames (the VAE's causal time compression)
+    side_multiple: int = 16  # heights and widths are multiples of this (VAE space factor x patch size)
     # Projection names (relative to one attention module) of each adapter placement.
     projections: dict[str, tuple[str, ...]]
 
@@ -97,19 +107,36 @@ class ModelSpecification(ABC):
             return None
         return f"{count} tokens long and the model reads at most {limit}; shorten it"
 
-    def clip_length_problem(self, num_frames: int) -> str | None:
-        """A line saying that `num_frames` is more than the family handles, else None."""
-        if num_frames <= self.max_num_frames:
-            return None
-        return f"num_frames: at most {self.max_num_frames} for this model, got {num_frames}"
+    def clip_shape_problem(self, num_frames: int | None, height: int | None, width: int | None) -> str | None:
+        """A line saying which of the clip's frames, height and width (None: unset) the family cannot take and
+        the nearest values it can, else None."""
+        group = self.frame_group
+        if num_frames is not None and (num_frames - 1) % group:
+            nearest = max(1, round((num_frames - 1) / group)) * group + 1
+            examples = f"e.g. {group * 2 + 1}, {group * 4 + 1}"
+            return f"num_frames: this model needs {group}k+1 frames ({examples}); {num_frames} -> {nearest}"
+        if num_frames is not None and num_frames > self.max_num_frames:
+            return f"num_frames: at most {self.max_num_frames} for this model, got {num_frames}"
+        for name, side in (("height", height), ("width", width)):
+            if side is not None and side % self.side_multiple:
+                nearest = max(1, round(side / self.side_multiple)) * self.side_multiple
+                return f"{name}: this model needs a multiple of {self.side_multiple}; {side} -> {nearest}"
+        return None
 
     @abstractmethod
     def encode_prompts(self, pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (embeddings (B, L, D), attention mask (B, L) bool), on the pipeline's device."""
 
-    @abstractmethod
     def encode_clip(self, pipe, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 frames (F, H, W, 3) -> VAE posterior (mean, logvar), each (C, F', H', W') fp32, unnormalised."""
+        """uint8 frames (F, H, W, 3) -> VAE posterior (mean, logvar), each (C, F', H', W') fp32, unnormalised.
+
+        Both families' VAEs take (1, 3, F, H, W) in [-1, 1] and return a diagonal Gaussian."""
+        vae = pipe.vae
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None]  # (1, 3, F, H, W)
+        video = video.to(vae.device, vae.dtype) / 127.5 - 1.0
+        with torch.no_grad():
+            posterior = vae.encode(video).latent_dist
+        return posterior.mean[0].float().cpu(), posterior.logvar[0].float().cpu()
 
     @abstractmethod
     def normalize_latents(self, config, latents: torch.Tensor) -> torch.Tensor:
@@ -117,8 +144,25 @@ class ModelSpecification(ABC):
         std and scaling factor): the inverse of the pipeline's decode scaling."""
 
     @abstractmethod
-    def masks_to_latent_grid(self, masks: torch.Tensor) -> torch.Tensor:
-        """Pixel masks (S, F, H, W) in [0, 1] -> latent-grid masks (S, F', H', W')."""
+    def latent_factors(self, pipe) -> tuple[int, int]:
+        """(space, time) compression of the pipeline's VAE, as the pipeline itself reads them."""
+
+    @abstractmethod
+    def offload_after_encoding(self, pipe) -> list[torch.nn.Module]:
+        """The components training no longer needs once captions and clips are encoded (they leave the GPU)."""
+
+    def masks_to_latent_grid(self, pipe, masks: torch.Tensor) -> torch.Tensor:
+        """Pixel masks (S, F, H, W) in [0, 1] -> latent-grid masks (S, F', H/s, W/s) of the pipeline's VAE.
+
+        A cell is 1 where any subject pixel falls (max-pool in space); latent frame 0 takes mask frame 0 and
+        latent frame k >= 1 the mean of frames t(k-1)+1 .. tk, as a causal VAE with time factor t groups them.
+        """
+        space, time = self.latent_factors(pipe)
+        if (masks.shape[1] - 1) % time:
+            raise ValueError(f"masks need {time}k+1 frames, got {masks.shape[1]}")
+        pooled = F.max_pool2d(masks.float(), space)  # (S, F, H/s, W/s), frames as channels
+        rest = pooled[:, 1:].unflatten(1, (-1, time)).mean(dim=2)
+        return torch.cat([pooled[:, :1], rest], dim=1)
 
     @abstractmethod
     def training_forward(

@@ -1,8 +1,10 @@
-"""Tiny random MochiPipelines built in code: the `tiny-random` model of tests and CPU benchmarks.
+"""Tiny random pipelines built in code: the `tiny-random` (Mochi) and `tiny-random-wan` models of tests and
+CPU benchmarks.
 
-They are real diffusers components (T5EncoderModel, AutoencoderKLMochi, MochiTransformer3DModel, the Mochi
-scheduler) with small configs, saved once with `save_pretrained` and then loaded with `from_pretrained`
-exactly like a Hub model, so every code path is the one Mochi-1 takes.
+They are real diffusers components (T5/UMT5 encoders, AutoencoderKLMochi/Wan, MochiTransformer3DModel /
+WanTransformer3DModel, the families' schedulers) with small configs, saved once with `save_pretrained` and
+then loaded with `from_pretrained` exactly like a Hub model, so every code path is the one Mochi-1 or Wan 2.1
+takes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from dreamrelation.models.base import ClipDefaults, write_clip_defaults
+from dreamrelation.models.base import ClipShape, write_clip_defaults
 
 # Words of relation captions; anything else tokenises to <unk>. A word-level vocabulary keeps the tiny text
 # encoder able to tell "dog" from "cat" (a T5 tokenizer without its sentencepiece model cannot).
@@ -46,7 +48,9 @@ SIZES = {
 }
 # What the tiny models generate unless told otherwise (written beside them; Mochi-1's 61x480x848 would take
 # minutes per step on a CPU). The toy model's is written by scripts/train_toy_base.py.
-TINY_CLIP_DEFAULTS = ClipDefaults(num_frames=13, height=64, width=64, fps=24)
+TINY_CLIP_DEFAULTS = ClipShape(num_frames=13, height=64, width=64, fps=24)
+TINY_WAN_CLIP_DEFAULTS = ClipShape(num_frames=13, height=64, width=64, fps=16)  # 13 = 4k+1
+WAN_LATENT_CHANNELS = 4
 # Sinusoidal channels of the timestep (Mochi's default): with few, the phases of timesteps 0..1000 wrap around
 # and the model cannot tell noise levels apart.
 TIMESTEP_CHANNELS = 256
@@ -143,8 +147,39 @@ def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
     )
 
 
+def build_tiny_wan_pipeline(seed: int = 0):
+    """A WanPipeline with random weights, deterministic in `seed` (two blocks, width 24, 4 latent channels)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8,
+    ))
+    vae = AutoencoderKLWan(
+        base_dim=16, z_dim=WAN_LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * WAN_LATENT_CHANNELS, latents_std=[1.0] * WAN_LATENT_CHANNELS,
+    )
+    with torch.no_grad():
+        # A random posterior has std ~1 and would drown every clip in fresh noise; a trained one is narrow.
+        vae.quant_conv.weight[WAN_LATENT_CHANNELS:].zero_()
+        vae.quant_conv.bias[WAN_LATENT_CHANNELS:].fill_(-10.0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=WAN_LATENT_CHANNELS,
+        out_channels=WAN_LATENT_CHANNELS, text_dim=32, freq_dim=TIMESTEP_CHANNELS, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=scheduler)
+
+
 def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Build and `save_pretrained` a tiny pipeline once under `cache_dir`; returns its folder.
+    """Build and `save_pretrained` a tiny pipeline once under `cache_dir`; returns its folder. `size` is a key
+    of SIZES (Mochi) or "wan" (the tiny Wan).
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
@@ -154,8 +189,12 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
-        build_tiny_pipeline(seed, size).save_pretrained(staging)
-        write_clip_defaults(staging, TINY_CLIP_DEFAULTS)
+        if size == "wan":
+            build_tiny_wan_pipeline(seed).save_pretrained(staging)
+            write_clip_defaults(staging, TINY_WAN_CLIP_DEFAULTS)
+        else:
+            build_tiny_pipeline(seed, size).save_pretrained(staging)
+            write_clip_defaults(staging, TINY_CLIP_DEFAULTS)
         try:
             os.rename(staging, target)
         except OSError:  # another process won the race; its copy is identical

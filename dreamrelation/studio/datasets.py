@@ -21,7 +21,7 @@ from dreamrelation.data.video import probe_video, read_frames, write_video
 from dreamrelation.masks.pipeline import Progress, make_masks, overlay_frames
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.masks.subjects import SubjectError, parse_subjects_override
-from dreamrelation.models.base import ClipDefaults
+from dreamrelation.models.base import ClipShape
 from dreamrelation.studio.workspace import StudioError, Workspace
 
 MAX_VIDEOS = 30
@@ -108,7 +108,7 @@ def create_dataset(
     relation: str,
     uploads: list[Path],
     captions: str | list[str],
-    clip_defaults: ClipDefaults,
+    clip_defaults: ClipShape,
     masks: MasksConfig,
     subjects: str | None = None,
     progress: Progress | None = None,

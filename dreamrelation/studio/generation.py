@@ -1,7 +1,7 @@
 """Generation in the app process: one base pipeline kept loaded, a relation LoRA put on it per request.
 
-Requests run one at a time (a lock): the pipeline is shared, and a LoRA loaded for one request is unloaded
-before the next, so relations never mix.
+Requests run one at a time (a lock): the pipeline is shared, and the LoRA of one request is loaded for that
+request only (`generate.relation_lora`), so relations never mix.
 """
 
 from __future__ import annotations
@@ -55,11 +55,7 @@ class Generator:
             loaded = self.loaded()
             number = len(list(folder.glob("*.mp4")))
             output = folder / f"{number:04d}.mp4"
-            try:
-                generate(self.model, lora_file, request, output, loaded=loaded)
-            finally:
-                if lora_file is not None:
-                    loaded.pipe.unload_lora_weights()
+            generate(self.model, lora_file, request, output, loaded=loaded)  # leaves the pipeline as it was
         settings = {**relation, **request.model_dump(mode="json"), "created": time.time()}
         output.with_suffix(".json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
         return GenerationRecord(output, settings)

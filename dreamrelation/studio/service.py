@@ -13,8 +13,8 @@ from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_statu
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
-from dreamrelation.models import model_clip_defaults, resolve_device
-from dreamrelation.models.base import ClipDefaults
+from dreamrelation.models import model_clip_defaults, model_specification, resolve_device
+from dreamrelation.models.base import ClipShape, ModelSpecification
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run
@@ -42,7 +42,12 @@ class Studio:
         return self.workspace.owner_key(identity)
 
     @cached_property
-    def clip_defaults(self) -> ClipDefaults:
+    def spec(self) -> ModelSpecification:
+        """The base model's family (what clip shapes it takes)."""
+        return model_specification(self.model)
+
+    @cached_property
+    def clip_defaults(self) -> ClipShape:
         """The clip shape the base model trains and generates at by default."""
         return model_clip_defaults(self.model)
 
@@ -54,7 +59,7 @@ class Studio:
         """One paragraph (markdown) on the base model, the device and what that means for the user."""
         d = self.clip_defaults
         where = (
-            "a GPU: Mochi-size models train in hours, generation takes minutes"
+            "a GPU: full-size models train in hours, generation takes minutes"
             if self.on_gpu
             else "the CPU: only small models such as the embedded toy model are practical; training takes "
             "minutes, generation seconds"
@@ -62,7 +67,8 @@ class Studio:
         if os.environ.get("SPACES_ZERO_GPU"):
             where = "ZeroGPU: a GPU is lent per generation; training needs dedicated GPU hardware (Space settings)"
         return (
-            f"Base model **{self.model.name}** ({d.num_frames} frames, {d.width}x{d.height}, {d.fps} fps), "
+            f"Base model **{self.model.name}** ({self.spec.pipeline_class_name}; {d.num_frames} frames, "
+            f"{d.width}x{d.height}, {d.fps} fps), "
             f"running on {where}."
         )
 
@@ -105,8 +111,10 @@ class Studio:
         if not report.ready:
             raise StudioError(f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")
         folder = self.workspace.dataset_dir(owner, dataset_id)
-        self._drop_unmasked(folder, report)
         run = build_run(self.model, folder, preset, settings)
+        if problem := self.spec.clip_shape_problem(run.data.num_frames, run.data.height, run.data.width):
+            raise StudioError(problem)
+        self._drop_unmasked(folder, report)
         return self.scheduler.submit(owner, report.relation, run)
 
     @staticmethod

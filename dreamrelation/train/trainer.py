@@ -88,9 +88,9 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
             loaded, samples, run.data, run.model.cache_dir, show_progress and accelerator.is_main_process
         )
     keep_decoders = run.train.sample_every > 0
-    if not keep_decoders:  # Mochi's T5-XXL and VAE would sit in GPU memory for nothing
-        pipe.text_encoder.to("cpu")
-        pipe.vae.to("cpu")
+    if not keep_decoders:
+        for component in spec.offload_after_encoding(pipe):
+            component.to("cpu")
 
     # Phase 3: adapters and optimizer.
     transformer = pipe.transformer

@@ -1,0 +1,86 @@
+"""Wan 2.1 text-to-video (diffusers `WanPipeline`): loading, adapter placement, latent grid and the training
+forward.
+
+Facts this file relies on (diffusers 0.42; docs/method.md §1 and §4):
+- each block `blocks.i` has self-attention over the video tokens (`attn1`) and cross-attention from video
+  queries to the text (`attn2`); the adapter roles sit on them as the method doc's table says;
+- the VAE compresses `scale_factor_spatial` (8) in space and `scale_factor_temporal` (4) in time with a causal
+  first frame, read from its config; latents are normalised with its `latents_mean` / `latents_std`;
+- flow matching as Wan trains: `x_sigma = (1 - sigma) x0 + sigma noise`, the transformer gets `t = sigma * 1000`
+  and predicts the velocity `noise - x0` (the scheduler's `flow_prediction`);
+- the text is UMT5, zero-padded to `max_sequence_length` and given to the transformer without a mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dreamrelation.models.base import ClipShape, ModelSpecification
+
+MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
+
+
+class WanSpecification(ModelSpecification):
+    pipeline_class_name = "WanPipeline"
+    defaults = ClipShape(num_frames=81, height=480, width=832, fps=16)
+    max_num_frames = 81  # 5 s at 16 fps, the clip length Wan 2.1 was trained on
+    frame_group = 4
+    # Projections are relative to a block: its two attention modules each carry part of a role.
+    projections = {
+        "qk": ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k"),
+        "q": ("attn1.to_q", "attn2.to_q"),
+        "v": ("attn1.to_v", "attn2.to_v"),
+        "out": ("attn1.to_out.0", "attn2.to_out.0"),
+        "qkvo": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+    }
+
+    def load_pipeline(self, source: str, dtype: torch.dtype, device: torch.device):
+        from diffusers import AutoencoderKLWan, WanPipeline
+
+        # Wan's VAE runs in fp32 whatever the transformer's dtype, as diffusers' Wan examples load it.
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
+        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+    def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
+        return [f"blocks.{i}" for i in range(len(transformer.blocks))]
+
+    def max_text_length(self, pipe) -> int:
+        return min(MAX_TEXT_TOKENS, pipe.tokenizer.model_max_length)
+
+    def encode_prompts(self, pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = self.max_text_length(pipe)
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt(
+                prompts, do_classifier_free_guidance=False, max_sequence_length=length,
+                device=pipe.text_encoder.device,
+            )
+        tokens = pipe.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                                return_attention_mask=True, return_tensors="pt")
+        return embeds, tokens.attention_mask.bool().to(embeds.device)
+
+    def normalize_latents(self, config, latents: torch.Tensor) -> torch.Tensor:
+        # The pipeline decodes `x * std + mean`; training works in the space it denoises.
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(config.latents_std).view(shape).to(latents)
+        return (latents - mean) / std
+
+    def latent_factors(self, pipe) -> tuple[int, int]:
+        return pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+
+    def offload_after_encoding(self, pipe) -> list[torch.nn.Module]:
+        return [pipe.text_encoder, pipe.vae]
+
+    def training_forward(self, transformer, latents, noise, sigmas, prompt_embeds, prompt_mask, dtype):
+        s = sigmas.view(-1, 1, 1, 1, 1).to(latents)
+        noisy = (1.0 - s) * latents + s * noise
+        pred = transformer(
+            hidden_states=noisy.to(dtype),
+            timestep=(sigmas * 1000.0).to(dtype),
+            encoder_hidden_states=prompt_embeds.to(dtype),  # padding is zeros, as the pipeline gives it
+            return_dict=False,
+        )[0]
+        return pred.float(), noise - latents

@@ -1,0 +1,75 @@
+"""benchmarks/train_step.py: the presets run end to end at tiny sizes and print both rows and the ratio (not the
+numbers); the full-size presets check their code path on the CPU with --blocks and fail fast without it."""
+
+import pytest
+
+from helpers import load_script
+
+TINY = ["--steps", "2", "--warmup", "1", "--height", "32", "--width", "32"]
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of every body row of the markdown table (header and separator left out)."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [line.strip("| ").split(" | ") for line in lines[2:]]
+
+
+def check_table(output: str, preset: str) -> None:
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == ["(a) plain LoRA", "(b) DreamRelation", "(b)/(a)"]
+    assert rows[0][1] == "direct" and rows[1][1] == "relation+subject1+subject2+ffn"
+    assert float(rows[2][3]) > 0
+    assert f"Preset {preset} on cpu" in output
+
+
+def test_small_mochi_preset_runs(capsys):
+    script = load_script("benchmarks/train_step.py")
+    script.main(["--preset", "small", "--frames", "13", *TINY])
+    output = capsys.readouterr().out
+    check_table(output, "small")
+    assert "-> latents (12, 3, 4, 4), text (32 tokens, 12 valid)," in output
+
+
+def test_small_wan_preset_runs(capsys):
+    script = load_script("benchmarks/train_step.py")
+    script.main(["--preset", "small-wan", "--frames", "9", *TINY])
+    output = capsys.readouterr().out
+    check_table(output, "small-wan")
+    # Wan's VAE: 16 channels, 4x in time with a causal first frame, 8x in space; text zero-padded, unmasked.
+    assert "-> latents (16, 3, 4, 4), text (32 tokens, 12 valid, zero-padded, no mask)," in output
+    assert "cross-attention to every text token" in output
+
+
+def test_wan_1_3b_preset_code_path_on_cpu_with_two_blocks(capsys):
+    script = load_script("benchmarks/train_step.py")
+    script.main(["--preset", "wan2.1-1.3b", "--device", "cpu", "--blocks", "2", "--frames", "9", "--steps", "1",
+                 "--warmup", "1", "--height", "32", "--width", "32"])
+    output = capsys.readouterr().out
+    check_table(output, "wan2.1-1.3b")
+    assert "text (512 tokens, 30 valid, zero-padded, no mask), gradient checkpointing on" in output
+    assert "Built with --blocks 2 (" in output and "bfloat16" in output
+
+
+def test_presets_name_their_family_and_check_shapes():
+    script = load_script("benchmarks/train_step.py")
+    assert {name: preset.spec.pipeline_class_name for name, preset in script.PRESETS.items()} == {
+        "small": "MochiPipeline", "mochi-1": "MochiPipeline", "small-wan": "WanPipeline", "wan2.1-1.3b": "WanPipeline",
+    }
+    args = script.parse_args(["--preset", "wan2.1-1.3b"])
+    assert (args.device, args.frames, args.height, args.width, args.blocks) == ("cuda", 81, 480, 832, None)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--preset", "small-wan", "--frames", "25", "--frames", "19"])  # Wan takes 4k+1
+    with pytest.raises(SystemExit):
+        script.parse_args(["--preset", "small", "--frames", "9"])  # Mochi takes 6k+1
+    with pytest.raises(SystemExit):
+        script.parse_args(["--preset", "small", "--blocks", "2"])  # the tiny-random pipeline's size is fixed
+
+
+@pytest.mark.parametrize("preset", ["mochi-1", "wan2.1-1.3b"])
+def test_full_size_presets_fail_fast_on_cpu_without_blocks(preset):
+    script = load_script("benchmarks/train_step.py")
+    with pytest.raises(SystemExit) as exit_info:
+        script.check_device(script.parse_args(["--preset", preset, "--device", "cpu"]))
+    message = str(exit_info.value)
+    assert message.startswith(f"train_step.py: --preset {preset} runs only on a CUDA GPU") and "\n" not in message
+    assert "--blocks" in message
