@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ $(BROWSER_STAMP): $(STAMP)
 
 test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q tests
+
+# Everything but the live-server, browser and multi-process tests (marked slow): an answer in a few minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV)

@@ -15,11 +15,10 @@ import logging
 import os
 from pathlib import Path
 
-from dreamrelation.config import ModelConfig, default_model_name
+from dreamrelation.config import IngestConfig, ModelConfig, default_model_name
 from dreamrelation.studio import Studio, default_home
 from ui.layout import build_demo
 
-MAX_UPLOAD = "500mb"  # per file; IngestConfig.max_file_mb checks the same limit with a clearer message
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +42,7 @@ def main(argv=None) -> None:
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     build_demo(studio).queue(default_concurrency_limit=4).launch(
         auth=auth,
-        max_file_size=MAX_UPLOAD,
+        max_file_size=int(IngestConfig().max_file_mb * 1e6),  # per file, in bytes, as ingestion counts them
         # Nothing under the data folder is served by path (the job table, logs, other owners' files):
         # callbacks hand out copies in gradio's cache, and file inputs must be this session's uploads.
         blocked_paths=[str(studio.workspace.home)],

@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dreamrelation` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)  # first: --help and usage errors answer before torch loads
     from dreamrelation.data.dataset import DatasetError
     from dreamrelation.data.video import VideoError
     from dreamrelation.data.ingest import IngestError
@@ -300,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.masks.subjects import SubjectError
     from dreamrelation.models import ModelLoadError, quiet_loading_bars
 
-    args = build_parser().parse_args(argv)
     quiet_loading_bars()
     try:
         return args.handler(args)

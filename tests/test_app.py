@@ -20,6 +20,8 @@ from dreamrelation.toyworld.world import sample_scenes
 from app_server import free_port, start_app, stop_app
 from helpers import load_script
 
+pytestmark = pytest.mark.slow  # a live server (see make test-fast)
+
 SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
                 lambda_contrastive=0.01, num_frames=None, height=None, width=None)
 

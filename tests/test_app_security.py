@@ -24,6 +24,8 @@ from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
 from app_server import free_port, start_app, stop_app
 
+pytestmark = pytest.mark.slow  # a live server (see make test-fast)
+
 CAPTION = "A red circle orbits a blue square."
 PROMPT_ARGS = dict(prompt=CAPTION, negative_prompt="", seed=0, steps=2, guidance_scale=6.0, num_frames=7,
                    lora_scale=1.0)

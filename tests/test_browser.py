@@ -16,6 +16,8 @@ from app_server import free_port, start_app, stop_app
 from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
 
+pytestmark = pytest.mark.slow  # a live server (see make test-fast)
+
 playwright = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"

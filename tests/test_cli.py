@@ -117,6 +117,7 @@ def test_help_documents_every_option():
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-random", "tiny-random-wan"])
 def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cache_dir, tmp_path, model):
     # `--multi_gpu` selects torchrun; on a machine without GPUs the processes talk over gloo on the CPU

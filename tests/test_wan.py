@@ -195,6 +195,7 @@ def test_the_model_card_of_a_hub_wan_base_names_it():
     assert 'WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")' in card
 
 
+@pytest.mark.slow
 def test_the_app_serves_tiny_random_wan_through_gradio_client(cache_dir, tmp_path):
     import json
     import urllib.request
