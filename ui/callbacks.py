@@ -155,12 +155,13 @@ def build_callbacks(studio: Studio):
         for name in ("num_frames", "height", "width"):  # a blank browser field arrives as 0: the model's default
             settings[name] = settings[name] or None
         return studio.start_training(owner_of(request), dataset_id, preset, settings).id
+
     @user_errors
     def job_status(job_id: str, request: gr.Request):
         """Stream the job's status (JSON) until it has finished: state, step, steps, ETA, losses, log tail."""
         owner = owner_of(request)
         if not job_id:
-            raise gr.Error("no job id: start a training job first")
+            raise ValueError("no job id: start a training job first")
         for status in studio.follow_job(owner, str(job_id).strip()):
             yield status.to_dict()
 
