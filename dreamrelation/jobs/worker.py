@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from dreamrelation.jobs.store import RUNNING, Job, JobStore
@@ -49,7 +50,9 @@ def run_job(store: JobStore, job_id: str) -> int:
     threading.Thread(target=_mark_training_on_start, args=(store, job, finished), daemon=True).start()
     try:
         quiet_loading_bars()
-        result = train(run, show_progress=False)
+        with warnings.catch_warnings():
+            _hide_library_warnings()
+            result = train(run, show_progress=False)
     except Exception as error:
         traceback.print_exc()
         store.update(job.id, only_from=RUNNING, state="failed", error=_one_line(error), pid=None, finished=time.time())
@@ -59,6 +62,15 @@ def run_job(store: JobStore, job_id: str) -> int:
     store.update(job.id, only_from=RUNNING, state="done", error=None, pid=None, finished=time.time())
     print(f"job {job.id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
     return 0
+
+
+def _hide_library_warnings() -> None:
+    """Leave out of the log the libraries' warnings about their own internals, which the user can do nothing
+    about (the log is what the app shows)."""
+    # A diffusers RoPE asks for fp32 autocast, which torch refuses on the CPU and says so at every step.
+    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+    # peft warns on each named adapter after the first; several named adapters on one model is the method.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
 
 
 def _mark_training_on_start(store: JobStore, job: Job, finished: threading.Event) -> None:

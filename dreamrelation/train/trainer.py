@@ -8,7 +8,9 @@ accelerate handles devices, mixed precision and multi-process data parallelism (
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,16 +137,21 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     )
     modes = training_modes(run.method)
     losses: list[float] = []
-    seconds_per_step = None
+    # Whole iterations (step, checkpoint, sample) of the last few: a median of them is an ETA that neither a
+    # slow first step nor an occasional checkpoint throws off.
+    recent_iterations: deque[float] = deque(maxlen=20)
+    previous_start = None
     bar = tqdm(total=run.train.steps, initial=state.step, desc="training", disable=not (show_progress and accelerator.is_main_process))
     while state.step < run.train.steps:
         started = time.perf_counter()
+        if previous_start is not None:
+            recent_iterations.append(started - previous_start)
+        previous_start = started
         mode = modes[int(torch.randint(len(modes), (1,), generator=state.mode_generator))]
         terms = train_step(ctx, mode, state)
         lr_schedule.step()
         state.step += 1
         elapsed = time.perf_counter() - started
-        seconds_per_step = elapsed if seconds_per_step is None else 0.9 * seconds_per_step + 0.1 * elapsed
         losses.append(terms["loss"])
         bar.update(1)
         bar.set_postfix(loss=f"{terms['loss']:.4f}", mode=mode.name)
@@ -156,7 +163,7 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
                 **terms,
                 lr=lr_schedule.get_last_lr()[0],
                 sec_per_step=round(elapsed, 4),
-                eta_s=round(seconds_per_step * (run.train.steps - state.step), 1),
+                eta_s=round(statistics.median(recent_iterations or [elapsed]) * (run.train.steps - state.step), 1),
             )
         if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
             _save(out, run, transformer, optimizer, lr_schedule, state, accelerator)
