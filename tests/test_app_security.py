@@ -148,11 +148,11 @@ def _raw_call(url: str, api_name: str, data: list, session_hash: str) -> str:
 def test_a_file_input_naming_another_owners_upload_is_refused(server, flow):
     url, home, _ = server
     upload = next(p for p in (home / "owners").rglob("*.mp4") if "masks" not in p.parts)
-    before = sorted(home.rglob("*"))
+    before = _trees(home)
     file_data = {"path": str(upload), "meta": {"_type": "gradio.FileData"}, "orig_name": upload.name}
     stream = _raw_call(url, "create_masks", [[file_data], CAPTION, "orbits", "", "basic"], "a-stranger")
     assert "event: error" in stream and "event: complete" not in stream
-    assert sorted(home.rglob("*")) == before
+    assert _trees(home) == before
 
 
 def test_the_exported_lora_is_world_readable(server, flow):
@@ -221,6 +221,8 @@ UPLOADS = {
 
 
 def _trees(home: Path) -> list[str]:
+    """Every path under the data folder but the job table's own files (SQLite opens and closes its WAL files)
+    and generations (a test's earlier calls may add one)."""
     return sorted(str(p.relative_to(home)) for p in home.rglob("*")
                   if "jobs.sqlite3" not in p.name and "generations" not in p.parts)
 
