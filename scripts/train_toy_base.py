@@ -18,20 +18,20 @@ Phases, each resumable from WORK_DIR (rerun the same command after an interrupti
 
     PYTHONPATH=. python scripts/train_toy_base.py --output assets/models/toy           # the real run
     PYTHONPATH=. python scripts/train_toy_base.py --quick --output /tmp/toy --work-dir /tmp/toy-work
-Losses go to WORK_DIR/loss.jsonl; a tqdm bar shows each phase.
+Losses go to WORK_DIR/loss.jsonl ({"phase", "step", "loss", "time"} lines); a tqdm bar shows each phase.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from dreamrelation.models.mochi import use_batched_attention
 from dreamrelation.models.base import ClipShape, write_clip_defaults
@@ -41,16 +41,23 @@ from dreamrelation.toyworld.captions import caption, prompt_subjects
 from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.text_pretraining import PRETRAIN_STEPS, pretrain_text_encoder
 from dreamrelation.toyworld.world import TRAINED_RELATIONS, is_held_out_pair, sample_scenes
+from dreamrelation.train.progress import ProgressLog
 
 VAE_WINDOW = 7  # frames per VAE training window: one causal first frame + one group of 6
 MAX_GRAD_NORM = 1.0
 WARMUP_STEPS = 200  # transformer steps of linear learning-rate warm-up
 TOY_FPS = 24  # the frame rate of Shapes World datasets (dreamrelation.toyworld.dataset)
+SHIPPED_MODEL = Path("assets/models/toy")
+
+
+def _folder_or_none(value: str) -> Path | None:
+    """argparse type of --reuse-vae: a folder, or None for 'none'."""
+    return None if value.lower() == "none" else Path(value)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("assets/models/toy"), help="Where the pipeline is saved.")
+    parser.add_argument("--output", type=Path, default=SHIPPED_MODEL, help="Where the pipeline is saved.")
     parser.add_argument("--work-dir", type=Path, default=Path(".toy_work"), help="Resumable intermediate files.")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data and the weights.")
@@ -64,20 +71,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-crop", type=int, default=64, help="Side of the random square crops the VAE trains "
                         "on (multiple of 8; a convolutional VAE generalises to the full frame; 64 px costs a "
                         "third of 96 px).")
-    parser.add_argument("--reuse-vae", type=Path, default=None, metavar="FOLDER",
-                        help="A saved pipeline folder (e.g. assets/models/toy) whose VAE, weights and latents_mean / "
-                             "latents_std, is taken as it is instead of training one (only when the frames look the "
-                             "same: shapes, colours and frame size unchanged).")
-    parser.add_argument("--transformer-steps", type=int, default=10000, help="Transformer optimizer steps.")
+    parser.add_argument("--reuse-vae", type=_folder_or_none, default=SHIPPED_MODEL, metavar="FOLDER|none",
+                        help="A saved pipeline folder whose VAE (weights and latents_mean / latents_std) is taken as "
+                             "it is, for frames that look the same (shapes, colours and frame size unchanged); 'none' "
+                             "trains a VAE (phase 2). Default: the shipped model's VAE, which the shipped transformer "
+                             "was trained on.")
+    parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
     parser.add_argument("--batch", type=int, default=16, help="Clips per transformer step.")
     parser.add_argument("--lr", type=float, default=3e-4,
                         help="Peak learning rate of the transformer (and T5 when trained); cosine decay to a tenth.")
     parser.add_argument("--sigma-shift", type=float, default=1.0,
                         help="Push training noise levels towards noise: "
                              "uniform σ -> shift·σ / (1 + (shift - 1)·σ).")
-    parser.add_argument("--text-pretrain-steps", type=int, default=0,
-                        help="Steps of text-only T5 pretraining on the caption grammar before the latents (0: the "
-                             f"random T5, as the shipped model was trained; its planned retrain uses {PRETRAIN_STEPS}).")
+    parser.add_argument("--text-pretrain-steps", type=int, default=PRETRAIN_STEPS,
+                        help="Steps of text-only T5 pretraining on the caption grammar before the latents (0: keep the "
+                             "random T5).")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer's training forward (same losses, faster steps after a "
+                             "minute or two of compiling).")
     parser.add_argument("--train-text-encoder", action="store_true",
                         help="Train the T5 with the transformer (else it stays frozen and the cached encodings serve).")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="Steps between phase checkpoints.")
@@ -87,18 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.clips, args.frames, args.size, args.model_size = 6, 7, 32, "tiny"
         args.vae_steps, args.vae_batch, args.transformer_steps, args.batch, args.checkpoint_every = 2, 2, 3, 2, 2
         args.text_pretrain_steps = min(args.text_pretrain_steps, 3)
+        if args.reuse_vae == SHIPPED_MODEL:  # its latent statistics are the shipped clips', not 32 px ones
+            args.reuse_vae = None
     return args
-
-
-class LossLog:
-    """Appends {"phase", "step", "loss"} lines to WORK_DIR/loss.jsonl."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, phase: str, step: int, loss: float) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({"phase": phase, "step": step, "loss": loss, "time": time.time()}) + "\n")
 
 
 def render_clips(args) -> tuple[np.ndarray, list[str]]:
@@ -119,14 +121,17 @@ def to_video_tensor(clips: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(clips).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log: LossLog) -> None:
-    """Run `step_fn(step) -> loss tensor` for `steps` optimizer steps, checkpointing to WORK_DIR/NAME.pt."""
+def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log: ProgressLog, schedule=None) -> None:
+    """Run `step_fn(step) -> loss tensor` for `steps` optimizer steps, stepping the learning-rate `schedule` (when
+    given) after each; checkpoints model, optimizer, schedule and torch's RNG to WORK_DIR/NAME.pt."""
     checkpoint = args.work_dir / f"{name}.pt"
     start = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
     bar = tqdm(total=steps, initial=start, desc=name)
@@ -139,18 +144,21 @@ def resumable_loop(name: str, module, optimizer, steps: int, args, step_fn, log:
         if torch.isfinite(grad_norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        log.write(name, step + 1, loss.item())
+        if schedule is not None:
+            schedule.step()
+        log.write(phase=name, step=step + 1, loss=loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict() if schedule is not None else None,
                      "rng": torch.get_rng_state(), "step": step + 1}
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
     bar.close()
 
 
-def train_vae(vae, clips: np.ndarray, args, log: LossLog) -> None:
+def train_vae(vae, clips: np.ndarray, args, log: ProgressLog) -> None:
     """Phase 2: reconstruction (MSE) + a light KL on random VAE_WINDOW-frame windows; then latent statistics."""
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -193,14 +201,14 @@ def reuse_vae(vae, folder: Path) -> None:
     print(f"reused the VAE of {folder} (no VAE training)")
 
 
-def pretrain_text(pipe, args, log: LossLog) -> None:
+def pretrain_text(pipe, args, log: ProgressLog) -> None:
     """Phase 3: text-only role pretraining of the T5, saved to (and on reruns loaded from) WORK_DIR/text_encoder."""
     from transformers import T5EncoderModel
 
     path = args.work_dir / "text_encoder"
     if not path.exists():
         metrics = pretrain_text_encoder(pipe.text_encoder, pipe.tokenizer, args.text_pretrain_steps, args.seed,
-                                        log=lambda step, loss: log.write("text", step, loss))
+                                        log=lambda step, loss: log.write(phase="text", step=step, loss=loss))
         print(f"text encoder pretrained: {metrics}")
         # Saved under a temporary name and renamed, so an interrupted save is not mistaken for a finished phase.
         staging = path.with_suffix(".tmp")
@@ -243,22 +251,20 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
     return record
 
 
-def learning_rate(step: int, steps: int, peak: float) -> float:
-    """Linear warm-up over WARMUP_STEPS, then a cosine decay from `peak` to a tenth of it at `steps`."""
-    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-    return peak * warmup * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
-
-
-def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], args, log: LossLog) -> None:
+def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], args, log: ProgressLog) -> None:
     """Phase 5: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
     spec = MochiSpecification()
     transformer = pipe.transformer
     use_batched_attention(transformer)
+    forward = torch.compile(transformer) if args.compile else transformer
     trained = transformer
     if args.train_text_encoder:
         trained = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": pipe.text_encoder})
     trained.train()
     optimizer = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.01)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=WARMUP_STEPS, num_training_steps=args.transformer_steps, min_lr_rate=0.1
+    )
     generator = torch.Generator().manual_seed(args.seed + 1)
     # Clips of the held-out colour pairs stay out of training (the quality bar's unseen subject pairs).
     seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
@@ -274,9 +280,7 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
         text = torch.where(drop[:, None, None], data["empty_embeds"], embeds[picks])
         return text, torch.where(drop[:, None], data["empty_mask"], masks[picks])
 
-    def step(index):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(index, args.transformer_steps, args.lr)
+    def step(_):
         picks = torch.randint(len(latents), (args.batch,), generator=generator)
         drop = torch.rand(args.batch, generator=generator) < 0.1
         text, text_mask = encode(picks, drop)
@@ -285,19 +289,19 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
         uniform = torch.rand(args.batch, generator=generator)
         sigmas = args.sigma_shift * uniform / (1.0 + (args.sigma_shift - 1.0) * uniform)
         pred, target = spec.training_forward(
-            transformer, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
+            forward, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
             text.to(args.device), text_mask.to(args.device), torch.float32,
         )
         return ((pred - target) ** 2).mean()
 
-    resumable_loop("transformer", trained, optimizer, args.transformer_steps, args, step, log)
+    resumable_loop("transformer", trained, optimizer, args.transformer_steps, args, step, log, schedule)
     trained.eval()
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    log = LossLog(args.work_dir / "loss.jsonl")
+    log = ProgressLog(args.work_dir / "loss.jsonl")
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed, size=args.model_size).to(args.device)
     clips, captions = render_clips(args)
