@@ -23,7 +23,12 @@ from dreamrelation.config import (
 )
 
 # flag -> (config section, field). Sections are RunConfig's attribute names; "generate" is GenerateConfig.
-MODEL_OPTIONS = {"--model": ("model", "name"), "--device": ("model", "device"), "--dtype": ("model", "dtype")}
+MODEL_OPTIONS = {
+    "--model": ("model", "name"),
+    "--device": ("model", "device"),
+    "--dtype": ("model", "dtype"),
+    "--memory": ("model", "memory"),
+}
 TRAIN_OPTIONS = {
     **MODEL_OPTIONS,
     "--data": ("data", "data_dir"),
@@ -300,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.masks.sam2 import SegmenterUnavailable
     from dreamrelation.masks.subjects import SubjectError
     from dreamrelation.models import ModelLoadError, quiet_loading_bars
+    from dreamrelation.models.memory import InsufficientMemory
 
     quiet_loading_bars()
     try:
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         message = describe_validation_error(error)
     except (
         CliError, DatasetError, VideoError, IngestError, SubjectError, DetectorUnavailable, SegmenterUnavailable,
-        GenerationError, ModelLoadError, OSError,
+        GenerationError, ModelLoadError, InsufficientMemory, OSError,
     ) as error:
         message = str(error)
     except KeyboardInterrupt:

@@ -92,6 +92,13 @@ class ModelConfig(_Settings):
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Cache for built models and latents.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the tiny-random model's weights.")
+    memory: Literal["auto", "bf16", "fp8", "offload", "nf4"] = Field(
+        "auto",
+        description="How the frozen base is stored: 'bf16' as loaded; 'fp8' in float8 (layerwise casting, half "
+        "the memory); 'offload' in CPU memory, a layer or block at a time on the GPU (slower); 'nf4' in 4 bits "
+        "(bitsandbytes, CUDA only). 'auto': the first of bf16, fp8, offload whose estimated peak fits the GPU's "
+        "free memory (plain fp32 on the CPU).",
+    )
 
 
 class DataConfig(_Settings):

@@ -110,3 +110,14 @@ def adapter_parameters(transformer: torch.nn.Module, name: str) -> dict[str, tor
     """{parameter path: parameter} of one adapter's LoRA weights."""
     marker = f".{name}."
     return {path: p for path, p in transformer.named_parameters() if "lora_" in path and marker in path}
+
+
+def adapter_parameter_count(transformer: torch.nn.Module, spec: ModelSpecification, method: MethodConfig) -> int:
+    """Parameters the method's adapters would add to `transformer` (rank x (in + out) per target layer),
+    counted without adding them: it works on a meta-device transformer (the memory estimate's)."""
+    modules = dict(transformer.named_modules())
+    return sum(
+        adapter.rank * (modules[path].in_features + modules[path].out_features)
+        for adapter in adapter_specs(method)
+        for path in spec.target_modules(transformer, adapter.placement)
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
+from dreamrelation.models import memory
 from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.wan import WanSpecification
@@ -46,6 +48,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     defaults: ClipShape  # the clip shape it generates and trains at unless told otherwise
+    memory: memory.MemoryPlan  # the memory preset it was loaded with, and why
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,18 +126,73 @@ def resolve_source(config: ModelConfig) -> Path:
     )
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Load the base pipeline named by `config` on its device and dtype; ModelLoadError with a fix otherwise."""
+def plan_memory(
+    config: ModelConfig,
+    shape: ClipShape,
+    *,
+    training: bool,
+    gradient_checkpointing: bool = False,
+    adapter_parameters: Callable[[torch.nn.Module], int] = lambda transformer: 0,
+) -> memory.MemoryPlan:
+    """The memory preset a job on the model `config` names runs with (models/memory.py), before any weight loads.
+
+    `shape` is the job's clip; `adapter_parameters(meta transformer)` counts the adapters it trains (none at
+    generation: a relation LoRA is a few MB). Offload training recomputes activations block by block (a block's
+    weights leave the GPU only when no saved activation holds them), so it is estimated with gradient
+    checkpointing. Raises memory.InsufficientMemory when nothing fits.
+    """
     folder = resolve_source(config)
     spec = specification_for(folder)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    measured = {}
+
+    def estimate(preset: str, free: int | None) -> memory.MemoryEstimate:
+        if not measured:  # built once, and only on a GPU: the CPU plans nothing
+            pipe = memory.build_meta_pipeline(folder)
+            space, time = spec.latent_factors(pipe)
+            measured["size"] = memory.model_size(pipe, spec.block_lists)
+            measured["adapters"] = adapter_parameters(pipe.transformer) if training else 0
+            measured["tokens"] = memory.clip_tokens(pipe, space, time, spec.max_text_length(pipe),
+                                                    shape.num_frames, shape.height, shape.width)
+        return memory.estimate_memory(
+            measured["size"], spec.memory_profile, measured["tokens"], preset, training=training,
+            gradient_checkpointing=gradient_checkpointing or preset == "offload",
+            adapter_parameters=measured["adapters"], compute_bytes=dtype.itemsize, free=free,
+        )
+
+    return memory.choose_preset(config.memory, device, estimate, f"{shape.num_frames}x{shape.height}x{shape.width}")
+
+
+def load_model(config: ModelConfig, plan: memory.MemoryPlan | None = None, training: bool = False) -> LoadedModel:
+    """Load the base pipeline named by `config` on its device and dtype, stored as `plan`'s preset says (None:
+    planned here for generation at the model's default clip); ModelLoadError with a fix otherwise.
+
+    With offload the transformer stays in CPU memory: at generation it is group-offloaded here; in training
+    (`training`) the trainer offloads its frozen layers once the adapters exist (memory.offload_frozen_weights).
+    """
+    folder = resolve_source(config)
+    spec = specification_for(folder)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    defaults = read_clip_defaults(folder, spec.defaults)
+    plan = plan or plan_memory(config, defaults, training=False)
+    quantization = memory.nf4_quantization(dtype) if plan.preset == "nf4" else None
     try:
-        pipe = spec.load_pipeline(str(folder), dtype, device)
+        pipe = spec.load_pipeline(str(folder), dtype, quantization)
     except Exception as error:
         raise ModelLoadError(f"could not load the pipeline in {folder}: {error}") from error
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and not (name == "transformer" and plan.preset == "offload"):
+            component.to(device)
+    if plan.preset == "fp8":
+        memory.cast_to_fp8(pipe.transformer, dtype)
+    if plan.preset == "offload" and not training:
+        memory.offload_for_inference(pipe.transformer, device)
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
     return LoadedModel(spec=spec, pipe=pipe, source=config.name, folder=folder, device=device, dtype=dtype,
-                       defaults=read_clip_defaults(folder, spec.defaults))
+                       defaults=defaults, memory=plan)
 
 
 def model_clip_defaults(config: ModelConfig) -> ClipShape:

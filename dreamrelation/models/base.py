@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamrelation.models.memory import MemoryProfile
+
 
 # Beside model_index.json, a pipeline folder may say the clip shape it was trained at (the toy model does);
 # without it, its family's defaults apply.
@@ -64,10 +66,13 @@ class ModelSpecification(ABC):
     side_multiple: int = 16  # heights and widths are multiples of this (VAE space factor x patch size)
     # Projection names (relative to one attention module) of each adapter placement.
     projections: dict[str, tuple[str, ...]]
+    block_lists: tuple[str, ...]  # the transformer's ModuleList(s) of blocks (memory estimate, offloading)
+    memory_profile: MemoryProfile  # activation constants of the peak-memory estimate (models/memory.py)
 
     @abstractmethod
-    def load_pipeline(self, source: str, dtype: torch.dtype, device: torch.device):
-        """Load the family's diffusers pipeline from a folder or Hub id, on `device` in `dtype`."""
+    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
+        """Load the family's diffusers pipeline from a folder in `dtype`, on the CPU; `quantization` is a
+        diffusers PipelineQuantizationConfig or None."""
 
     @abstractmethod
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dreamrelation.models.memory import MemoryProfile
 from dreamrelation.models.base import ClipShape, ModelSpecification
 
 
@@ -35,12 +36,18 @@ class MochiSpecification(ModelSpecification):
         "qkvo": ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"),
     }
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, device: torch.device):
+    block_lists = ("transformer_blocks",)
+    # Not yet calibrated on a GPU (benchmarks/gpu_check.py): a block keeps its modulated norm, q, k, v (and their
+    # normed, rotated copies), the attention output and projection, and a SwiGLU of ~2.7x the width in and out.
+    # The VAE: 128 channels at full resolution, a few tensors alive at once; tiles of 12 frames of 256x256.
+    memory_profile = MemoryProfile(training=24, inference=10, vae=1024, vae_tile_pixels=12 * 256 * 256)
+
+    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
         from diffusers import MochiPipeline
 
-        pipe = MochiPipeline.from_pretrained(source, dtype=dtype)
+        pipe = MochiPipeline.from_pretrained(source, dtype=dtype, quantization_config=quantization)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
+        return pipe
 
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
         return [f"transformer_blocks.{i}.attn1" for i in range(len(transformer.transformer_blocks))]

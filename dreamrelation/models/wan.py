@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from dreamrelation.models.memory import MemoryProfile
 from dreamrelation.models.base import ClipShape, ModelSpecification
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
@@ -35,14 +36,20 @@ class WanSpecification(ModelSpecification):
                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
     }
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, device: torch.device):
+    block_lists = ("blocks",)
+    # Not yet calibrated on a GPU (benchmarks/gpu_check.py): self-attention q, k, v with their norms and rotations,
+    # cross-attention, and a GELU feed-forward of ~5.8x the width. The VAE runs causally on 4 frames at a time in
+    # fp32 (96 channels), so per pixel of the whole clip it holds little; tiles of 4 frames of 256x256.
+    memory_profile = MemoryProfile(training=27, inference=14, vae=80, vae_tile_pixels=4 * 256 * 256)
+
+    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
         from diffusers import AutoencoderKLWan, WanPipeline
 
         # Wan's VAE runs in fp32 whatever the transformer's dtype, as diffusers' Wan examples load it.
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
-        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
+        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype, quantization_config=quantization)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
+        return pipe
 
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(transformer.blocks))]

@@ -15,10 +15,12 @@ from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.models import model_clip_defaults, model_specification, resolve_device
 from dreamrelation.models.base import ClipShape, ModelSpecification
+from dreamrelation.models.memory import InsufficientMemory
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run
 from dreamrelation.studio.workspace import StudioError, Workspace
+from dreamrelation.train.trainer import plan_training_memory
 
 BASE_MODEL = "base"  # the relation id that means "no LoRA: the base model alone"
 
@@ -114,6 +116,12 @@ class Studio:
         run = build_run(self.model, folder, preset, settings)
         if problem := self.spec.clip_shape_problem(run.data.num_frames, run.data.height, run.data.width):
             raise StudioError(problem)
+        try:
+            plan = plan_training_memory(run)
+        except InsufficientMemory as error:  # refused here, before a worker starts
+            raise StudioError(str(error)) from None
+        # The worker trains with the preset planned here (and shown), even if the free memory changes meanwhile.
+        run = run.model_copy(update={"model": run.model.model_copy(update={"memory": plan.preset})})
         self._drop_unmasked(folder, report)
         return self.scheduler.submit(owner, report.relation, run)
 

@@ -27,12 +27,14 @@ from dreamrelation.export import export_lora
 from dreamrelation.method.adapters import (
     TrainingMode,
     activate_adapters,
+    adapter_parameter_count,
     add_adapters,
     exported_adapters,
     training_modes,
 )
 from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
-from dreamrelation.models import LoadedModel, load_model, resolve_device
+from dreamrelation.models import LoadedModel, load_model, model_clip_defaults, model_specification, plan_memory, resolve_device
+from dreamrelation.models import memory
 from dreamrelation.models.base import ModelSpecification
 from dreamrelation.train import checkpoint as ckpt
 from dreamrelation.train.progress import ProgressLog
@@ -59,6 +61,17 @@ class TrainState:
     contrastive: RelationalContrastiveLoss | None
 
 
+def plan_training_memory(run: RunConfig) -> memory.MemoryPlan:
+    """The memory preset `run` trains with (models/memory.py), before any weight loads; raises
+    memory.InsufficientMemory with the fix when nothing fits the GPU (the app and CLI refuse with it)."""
+    shape = model_clip_defaults(run.model).resolve(run.data.num_frames, run.data.height, run.data.width)
+    spec = model_specification(run.model)
+    return plan_memory(
+        run.model, shape, training=True, gradient_checkpointing=run.train.gradient_checkpointing,
+        adapter_parameters=lambda transformer: adapter_parameter_count(transformer, spec, run.method),
+    )
+
+
 def warmup_steps(run: RunConfig) -> int:
     """The configured warm-up, scaled down to at most 10% of a short run."""
     return min(run.train.warmup_steps, run.train.steps // 10)
@@ -78,10 +91,12 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     # Phase 0: the dataset folder is checked before anything heavy loads.
     samples = scan_dataset(run.data.data_dir, run.data.masks_dir)
 
-    # Phase 1: model.
+    # Phase 1: model, stored as the memory plan says.
     if loaded is None:
         model_config = run.model.model_copy(update={"device": str(accelerator.device)})
-        loaded = load_model(model_config)
+        loaded = load_model(model_config, plan_training_memory(run.model_copy(update={"model": model_config})),
+                            training=True)
+    logger.info("%s", loaded.memory.reason)
     spec, pipe = loaded.spec, loaded.pipe
 
     # Phase 2: data, encoded once (the main process fills the cache, the others read it).
@@ -99,12 +114,16 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
     transformer.requires_grad_(False)
     set_seed(run.train.seed)  # the adapters' Kaiming init draws from the global generator
     add_adapters(transformer, spec, run.method)
-    if run.train.gradient_checkpointing:
+    offload = loaded.memory.preset == "offload"
+    if run.train.gradient_checkpointing or offload:  # offload frees a block's weights only when recomputed
         transformer.enable_gradient_checkpointing()
+    if offload:
+        memory.offload_frozen_weights(transformer, accelerator.device)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=run.train.learning_rate, weight_decay=run.train.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps(run), run.train.steps)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
+    # An offloaded transformer places itself; accelerate would try to move it whole.
+    model, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[not offload, True])
 
     # Phase 4: state, fresh or resumed.
     state = TrainState(
