@@ -12,6 +12,7 @@ from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
 from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.wan import WanSpecification
+from dreamrelation.runtime import resolve_device, resolve_dtype
 
 FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification(), "WanPipeline": WanSpecification()}
 
@@ -22,15 +23,6 @@ HUB_ALIASES = {
 }
 # name -> size in models/tiny_random.py
 TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small", "tiny-random-wan": "wan"}
-
-
-def quiet_loading_bars() -> None:
-    """Hide the one-bar-per-component output of loading a pipeline (CLI and job logs show their own progress)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 class ModelLoadError(RuntimeError):
@@ -46,20 +38,6 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     defaults: ClipShape  # the clip shape it generates and trains at unless told otherwise
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; otherwise torch.device(name)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on GPU, fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
 
 
 def specification_for(folder: Path) -> ModelSpecification:
