@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
+from dreamrelation.config import ASSETS_ENV, TOY_MODEL_DIR, ModelConfig
 from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.wan import WanSpecification
@@ -88,7 +88,11 @@ def resolve_source(config: ModelConfig) -> Path:
         return materialize_tiny_pipeline(config.cache_dir, seed=config.seed, size=TINY_RANDOM[name])
     if name == "toy":
         if not (TOY_MODEL_DIR / "model_index.json").exists():
-            raise ModelLoadError(f"the embedded toy model is missing from {TOY_MODEL_DIR}; use --model tiny-random")
+            raise ModelLoadError(
+                f"the toy model is missing: {TOY_MODEL_DIR} holds no model_index.json (assets/ is not part of a "
+                f"wheel: install the checkout with `pip install -e .` or set {ASSETS_ENV} to its assets folder), "
+                "or choose another model such as --model tiny-random"
+            )
         return TOY_MODEL_DIR
     path = Path(name).expanduser()
     if path.is_dir():
