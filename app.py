@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from dreamrelation.config import IngestConfig, ModelConfig, default_model_name
+from dreamrelation.config import IngestConfig, ModelConfig
 from dreamrelation.studio import Studio, default_home
 from ui.layout import build_demo
 
@@ -23,7 +23,7 @@ from ui.layout import build_demo
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("DREAMRELATION_MODEL") or default_model_name(),
+    parser.add_argument("--model", default=os.environ.get("DREAMRELATION_MODEL") or ModelConfig.model_fields["name"].default,
                         help=ModelConfig.model_fields["name"].description)
     parser.add_argument("--home", type=Path, default=None, help="Data directory (default: see above).")
     parser.add_argument("--auth", help="'user:password' to require a login (self-hosting).")

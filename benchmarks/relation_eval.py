@@ -3,7 +3,7 @@ method matters? The Shapes World version of the paper's Table 1 and ablations (d
 
 For each relation (default: the held-out ones, "orbits" and "jumps_over", which the toy base model never saw):
 1. data: write its exemplar videos, all of ONE subject pair (a red square acting on a blue square:
-   scripts/make_examples.py, the same videos as assets/examples/ at the default settings), with the
+   dreamrelation.toyworld.examples, the same videos as assets/examples/ at the default settings), with the
    generator's exact masks ('gt') and/or masks made by the basic segmenter ('basic', issue #3) from the videos
    alone; prepared once per setting under WORK_DIR/data and reused (the trainer caches their latents);
 2. train each row's relation LoRA on them (a fresh base model per run, so no row sees another's adapters);
@@ -49,7 +49,6 @@ README), so steps and learning rate are not the limit there yet.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import statistics
@@ -73,10 +72,16 @@ from dreamrelation.config import (
     TrainConfig,
 )
 from dreamrelation.toyworld.captions import caption
+from dreamrelation.toyworld.examples import (
+    DEFAULT_COUNT,
+    DEFAULT_FRAMES,
+    DEFAULT_SEED,
+    DEFAULT_SIZE,
+    exemplar_scenes,
+    write_examples,
+)
 from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, RELATIONS, SHAPES, Scene, Subject
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES_SCRIPT = REPO_ROOT / "scripts" / "make_examples.py"
 DATA_VERSION = 1  # bump when the exemplar data would change for the same settings
 
 
@@ -107,24 +112,15 @@ MASK_SOURCES = ("gt", "basic")
 
 # Settings: (default, --quick). --quick is a smoke run of every code path at tiny sizes; an explicit option wins.
 SETTINGS = {
-    "exemplars": (6, 3),
+    "exemplars": (DEFAULT_COUNT, 3),
     "steps": (400, 20),
     "seeds": (3, 1),
     "prompts_per_relation": (6, 2),
     "sample_steps": (30, 6),
-    "frames": (25, 13),
-    "size": (96, 64),
+    "frames": (DEFAULT_FRAMES, 13),
+    "size": (DEFAULT_SIZE, 64),
 }
 COLUMNS = ("relation_accuracy", "appearance_accuracy", "appearance_leak")
-
-
-def load_examples_script():
-    """scripts/make_examples.py as a module: the one definition of the exemplar scenes."""
-    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -150,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-scale", type=float, default=1.0, help="Strength of the relation LoRA at generation.")
     parser.add_argument("--frames", type=int, help="Frames per clip, 6k+1 (25, the toy model's; quick 13).")
     parser.add_argument("--size", type=int, help="Frame side in pixels, multiple of 16 (96; quick 64).")
-    parser.add_argument("--data-seed", type=int, default=0, help="Seed of the exemplar scenes and the prompts.")
+    parser.add_argument("--data-seed", type=int, default=DEFAULT_SEED, help="Seed of the exemplar scenes and the prompts.")
     parser.add_argument("--save-videos", action="store_true", help="Write every generated video to WORK_DIR/videos.")
     parser.add_argument("--quick", action="store_true", help="Few steps, 1 seed, tiny sizes: a minutes-long smoke run.")
     args = parser.parse_args(argv)
@@ -244,7 +240,7 @@ def mask_quality(gt_dir: Path, basic_dir: Path, num_frames: int, size: int) -> d
             "videos": len(kept)}
 
 
-def prepare_data(args, relation: str, examples) -> dict:
+def prepare_data(args, relation: str) -> dict:
     """Write (or reuse) one relation's exemplar datasets for every mask source the run needs.
 
     Returns {"dirs": {mask source: dataset folder}, "subjects": the exemplar Subjects, "captions": [...],
@@ -257,7 +253,7 @@ def prepare_data(args, relation: str, examples) -> dict:
     root = args.work_dir / "data" / key
     gt_dir = root / "gt"
     if not gt_dir.is_dir():
-        examples.write_examples(gt_dir, relation, args.exemplars, args.frames, args.size, args.data_seed)
+        write_examples(gt_dir, relation, args.exemplars, args.frames, args.size, args.data_seed)
     dirs = {"gt": gt_dir}
     quality = None
     if "basic" in args.mask_sources:
@@ -275,7 +271,7 @@ def prepare_data(args, relation: str, examples) -> dict:
                 shutil.rmtree(staging, ignore_errors=True)
         dirs["basic"] = basic_dir
         quality = mask_quality(gt_dir, basic_dir, args.frames, args.size)
-    scenes = examples.exemplar_scenes(relation, args.exemplars, args.data_seed)
+    scenes = exemplar_scenes(relation, args.exemplars, args.data_seed)
     return {
         "dirs": dirs,
         "subjects": (scenes[0].subject1, scenes[0].subject2),
@@ -466,9 +462,8 @@ def run(args) -> dict:
     _quiet()
     started = time.perf_counter()
     resolve_source(model_config(args))  # a missing model fails now, not after the data is prepared
-    examples = load_examples_script()
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    data = {relation: prepare_data(args, relation, examples) for relation in args.relations}
+    data = {relation: prepare_data(args, relation) for relation in args.relations}
     prompts = {
         relation: unseen_prompts(relation, data[relation]["subjects"], args.prompts_per_relation, args.data_seed)
         for relation in args.relations

@@ -304,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.masks.grounding import DetectorUnavailable
     from dreamrelation.masks.sam2 import SegmenterUnavailable
     from dreamrelation.masks.subjects import SubjectError
-    from dreamrelation.models import ModelLoadError, quiet_loading_bars
+    from dreamrelation.models import ModelLoadError
     from dreamrelation.models.memory import InsufficientMemory
+    from dreamrelation.runtime import quiet_loading_bars
 
     quiet_loading_bars()
     try:

@@ -22,12 +22,12 @@ MAX_TRAIN_STEPS = 100_000
 MAX_DENOISING_STEPS = 1000
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TOY_MODEL_DIR = REPO_ROOT / "assets" / "models" / "toy"
-
-
-def default_model_name() -> str:
-    """The embedded toy model when this checkout has it, else the tiny random one."""
-    return "toy" if (TOY_MODEL_DIR / "model_index.json").exists() else "tiny-random"
+# assets/ (the toy model's weights, the example datasets) ships with the source tree, not inside the wheel:
+# an install that is not editable points $DREAMRELATION_ASSETS at a checkout's assets/ folder.
+ASSETS_ENV = "DREAMRELATION_ASSETS"
+ASSETS_DIR = Path(os.environ.get(ASSETS_ENV) or REPO_ROOT / "assets")
+TOY_MODEL_DIR = ASSETS_DIR / "models" / "toy"
+EXAMPLES_DIR = ASSETS_DIR / "examples"
 
 
 def default_cache_dir() -> Path:
@@ -81,7 +81,7 @@ class ModelConfig(_Settings):
     """Which base model to load and where it runs."""
 
     name: str = Field(
-        default_factory=default_model_name,
+        "toy",
         description="Base model: 'toy' (embedded, the default), a registered name (README, 'Models'; e.g. "
         "'tiny-random', random weights for tests), a Hub id, or a folder holding a saved pipeline of a "
         "supported family.",

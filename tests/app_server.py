@@ -1,4 +1,5 @@
-"""A live `python app.py` for tests: started on a free port with its own data directory, stopped by group."""
+"""A live `python app.py` for tests: started on a free port with its own data directory, stopped by group,
+and its jobs' workers stopped by the pids their job rows record."""
 
 from __future__ import annotations
 
@@ -44,5 +45,17 @@ def start_app(home: Path, cache_dir: Path, port: int, log: Path, extra_args=()) 
 def stop_app(server: subprocess.Popen) -> None:
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
+
+
+def stop_workers(home: Path) -> None:
+    """Stop the workers of `home`'s running jobs, each by the pid its job row holds (they run in process groups
+    of their own, so stopping the app leaves them running); a pid no longer running that job's worker is left
+    alone. Call it after stop_app, so that no scheduler starts another worker meanwhile."""
+    from dreamrelation.jobs.scheduler import _runs_worker_of, _stop_group
+    from dreamrelation.jobs.store import RUNNING, JobStore
+
+    for job in JobStore(home).in_states(RUNNING):
+        if job.pid is not None and _runs_worker_of(job.pid, job.id):
+            _stop_group(job.pid, None)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from dreamrelation.data.video import probe_video
 from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
-from app_server import free_port, start_app, stop_app
+from app_server import free_port, start_app, stop_app, stop_workers
 from helpers import load_script
 
 pytestmark = pytest.mark.slow  # a live server (see make test-fast)
@@ -34,8 +33,7 @@ def app_server(tmp_path_factory, cache_dir):
     server = start_app(home, cache_dir, port, home.parent / "app.log")
     yield f"http://127.0.0.1:{port}/", home
     stop_app(server)
-    # Workers of jobs still running belong to their own process groups.
-    subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
+    stop_workers(home)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +163,7 @@ def test_twenty_clients_poll_for_a_minute_while_training_without_an_error(tmp_pa
         assert bench.client(url).predict(running, api_name="/cancel_job") == "cancelled"
     finally:
         stop_app(server)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--home {tmp_path / 'home'}"], check=False)
+        stop_workers(tmp_path / "home")
     assert set(results) == {"/job_status", "/list_relations"}
     for result in results.values():
         assert result["errors"] == [] and len(result["latencies"]) > 20
@@ -204,7 +202,7 @@ def test_a_worker_killed_mid_training_resumes_after_an_app_restart(tmp_path, cac
         assert store.in_states(("queued", "preparing", "training")) == []
     finally:
         stop_app(server)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
+        stop_workers(home)
 
 
 def test_mcp_flag_serves_the_named_endpoints_as_tools(tmp_path, cache_dir):

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from app_server import free_port, start_app, stop_app
+from app_server import free_port, start_app, stop_app, stop_workers
 from dreamrelation.toyworld.dataset import write_relation_dataset
 from dreamrelation.toyworld.world import sample_scenes
 
@@ -76,4 +75,4 @@ def test_browser_upload_masks_train_generate(tmp_path, cache_dir):
             browser.close()
     finally:
         stop_app(server)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--home {home}"], check=False)
+        stop_workers(home)

@@ -10,6 +10,7 @@ from helpers import load_script
 from dreamrelation.data.dataset import load_subject_masks, mask_frame_paths, scan_dataset
 from dreamrelation.data.video import load_clip
 from dreamrelation.toyworld.captions import parse_caption
+from dreamrelation.toyworld import examples
 from dreamrelation.toyworld.dataset import read_scenes
 from dreamrelation.toyworld.world import HELD_OUT_RELATIONS
 
@@ -26,8 +27,8 @@ def test_shipped_examples_match_the_script(relation, tmp_path):
     script = load_script("scripts/make_examples.py")
     shipped = EXAMPLES / relation
     samples = scan_dataset(shipped)
-    assert len(samples) == script.DEFAULT_COUNT
-    first, second = (subject.phrase for subject in script.EXEMPLAR_SUBJECTS)
+    assert len(samples) == examples.DEFAULT_COUNT
+    first, second = (subject.phrase for subject in examples.EXEMPLAR_SUBJECTS)
     assert {parse_caption(sample.caption) for sample in samples} == {(first, relation, second)}
 
     fresh = script.main(["--output", str(tmp_path), "--relations", relation])[0]
@@ -35,7 +36,7 @@ def test_shipped_examples_match_the_script(relation, tmp_path):
     for name in ("scenes.json", *(f"{s.name}.txt" for s in samples)):
         assert (fresh / name).read_text() == (shipped / name).read_text()
     assert set(read_scenes(shipped)) == {s.name for s in samples}
-    size, frames = script.DEFAULT_SIZE, script.DEFAULT_FRAMES
+    size, frames = examples.DEFAULT_SIZE, examples.DEFAULT_FRAMES
     for sample in samples:
         indices = list(mask_frame_paths(sample.mask_dir))
         assert indices == list(range(frames))

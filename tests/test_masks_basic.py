@@ -169,3 +169,27 @@ def test_basic_engine_masks_follow_the_caption_when_its_first_subject_starts_on_
 
     for subject in range(2):
         assert iou(made[subject], expected[subject]) > 0.8 > iou(made[subject], expected[1 - subject])
+
+
+def test_open_close_drops_specks_fills_pin_holes_and_keeps_a_subject_cut_by_the_edge():
+    from dreamrelation.masks.basic import _open_close
+
+    mask = np.zeros((1, 20, 20), bool)
+    mask[0, :10, :10] = True  # a subject in the top-left corner...
+    mask[0, 5, 5] = False  # ...with a pin hole
+    mask[0, 15, 15] = True  # a speck
+    mask[0, 15:17, 2:4] = True  # a 2x2 speck
+    expected = np.zeros_like(mask)
+    expected[0, :10, :10] = True
+    np.testing.assert_array_equal(_open_close(mask), expected)
+
+
+def test_blobs_are_8_connected_and_largest_first():
+    from dreamrelation.masks.basic import _blobs
+
+    frame = np.zeros((20, 20, 3), np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[2:6, 2:6] = mask[6:10, 6:10] = True  # two 4x4 squares meeting at a corner: one blob of 32
+    mask[12:17, 12:17] = True  # 25 pixels
+    mask[0, 19] = True  # 1 pixel: under the noise size
+    assert [blob.area for blob in _blobs(frame, mask)] == [32, 25]

@@ -187,3 +187,13 @@ def test_held_out_colour_pairs_are_symmetric_and_leave_every_colour_in_training(
         partners = [other for other in COLOURS if other != colour and not is_held_out_pair(colour, other)]
         assert len(partners) == len(COLOURS) - 2  # one held-out partner per colour
     assert len(HELD_OUT_COLOUR_PAIRS) == 3
+
+
+def test_largest_components_breaks_ties_by_raster_order_and_never_joins_frames():
+    mask = np.zeros((2, 6, 6), bool)
+    mask[0, 4:, :2] = mask[0, :2, 4:] = True  # two 4-pixel blobs: the top-right one comes first row by row
+    mask[1, 4:, :2] = True  # where frame 0 had a blob too
+    kept = largest_components(mask)
+    expected = np.zeros_like(mask)
+    expected[0, :2, 4:] = expected[1, 4:, :2] = True
+    np.testing.assert_array_equal(kept, expected)

@@ -22,7 +22,7 @@ from pathlib import Path
 from dreamrelation.jobs.store import RUNNING, Job, JobStore
 from dreamrelation.train.checkpoint import latest_checkpoint
 from dreamrelation.train.progress import read_progress
-from dreamrelation.models import quiet_loading_bars
+from dreamrelation.runtime import quiet_loading_bars
 from dreamrelation.train.trainer import train
 
 _POLL_S = 0.5

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
+from scipy import ndimage
 
 # Distances are Euclidean in RGB (0..441).
 _MAX_DISTANCE = float(np.sqrt(3) * 255)
@@ -45,6 +46,10 @@ _MIN_AREA = 8
 _DISTINCT_COLOURS = 60.0
 # A blob is two same-coloured subjects merged when it is this much larger than the larger of them.
 _MERGED_GROWTH = 1.4
+# Morphology works on each frame of an (F, H, W) stack: a 3x3 square in the frame's plane.
+_SQUARE = np.zeros((3, 3, 3), bool)
+_SQUARE[1] = True
+_EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 
 
 @dataclass
@@ -114,72 +119,27 @@ def _threshold(distance: np.ndarray) -> float:
     return max(_otsu(distance), floor)
 
 
-def _shift_max(mask: np.ndarray, axis: int) -> np.ndarray:
-    """3-wide binary dilation of bool (F, H, W) along one axis (edges replicated)."""
-    padded = np.pad(mask, [(1, 1) if a == axis else (0, 0) for a in range(mask.ndim)], mode="edge")
-    length = mask.shape[axis]
-    window = [padded.take(range(k, k + length), axis=axis) for k in range(3)]
-    return window[0] | window[1] | window[2]
+def _open_close(mask: np.ndarray) -> np.ndarray:
+    """Open then close each frame of bool (F, H, W) with a 3x3 square (drops specks, fills pin holes).
 
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary dilation of each frame of bool (F, H, W)."""
-    return _shift_max(_shift_max(mask, 1), 2)
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary erosion of each frame of bool (F, H, W)."""
-    return ~_dilate(~mask)
+    The erosions count the outside as foreground, as if the edge pixels went on beyond the frame, so a
+    subject cut by the frame edge keeps its edge pixels; scipy's binary_opening/closing take one border value
+    for both of their halves, so they cannot do that. Returns bool (F, H, W).
+    """
+    opened = ndimage.binary_dilation(ndimage.binary_erosion(mask, _SQUARE, border_value=1), _SQUARE)
+    return ndimage.binary_erosion(ndimage.binary_dilation(opened, _SQUARE), _SQUARE, border_value=1)
 
 
 def _foreground(frames: np.ndarray) -> np.ndarray:
     """Foreground of uint8 (F, H, W, 3) frames: bool (F, H, W), opened then closed with a 3x3 square."""
     distance = _distance(frames, _background(frames))
-    mask = distance > _threshold(distance)
-    return _erode(_dilate(_dilate(_erode(mask))))
-
-
-def _find_root(parent: list[int], node: int) -> int:
-    """Union-find root of `node`, halving the path on the way."""
-    while parent[node] != node:
-        parent[node] = parent[parent[node]]
-        node = parent[node]
-    return node
-
-
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label the 8-connected components of bool (H, W).
-
-    Works on horizontal runs of pixels, joined by union-find where runs of adjacent rows touch (cheap in
-    pure numpy + Python: a frame has few runs). Returns (int32 (H, W) labels, 0 = background and 1..N the
-    components; int64 (N + 1,) pixel counts per label).
-    """
-    height, width = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    rows, starts = np.nonzero(edges == 1)
-    ends = np.nonzero(edges == -1)[1]  # exclusive; row-major order pairs them with the starts
-    parent = list(range(len(rows)))
-    row_first = np.searchsorted(rows, np.arange(height + 1))
-    for row in range(height - 1):
-        upper, lower = range(row_first[row], row_first[row + 1]), range(row_first[row + 1], row_first[row + 2])
-        for a in upper:
-            for b in lower:
-                # 8-connected: runs touch when they overlap or meet at a corner.
-                if starts[b] <= ends[a] and starts[a] <= ends[b]:
-                    parent[_find_root(parent, b)] = _find_root(parent, a)
-    roots = np.array([_find_root(parent, run) for run in range(len(rows))], np.int64)
-    _, run_labels = np.unique(roots, return_inverse=True)
-    lengths = ends - starts
-    labels = np.zeros(height * width, np.int32)
-    offsets = np.repeat(rows * width + starts - np.cumsum(lengths) + lengths, lengths)
-    labels[offsets + np.arange(lengths.sum())] = np.repeat(run_labels + 1, lengths)
-    areas = np.bincount(run_labels + 1, weights=lengths, minlength=1)
-    return labels.reshape(height, width), areas.astype(np.int64)
+    return _open_close(distance > _threshold(distance))
 
 
 def _blobs(frame: np.ndarray, foreground: np.ndarray) -> list[_Part]:
     """The (up to) two largest components of bool (H, W) `foreground` above the noise size, largest first."""
-    labels, areas = _components(foreground)
+    labels = ndimage.label(foreground, _EIGHT_CONNECTED)[0]
+    areas = np.bincount(labels.ravel())
     minimum = max(_MIN_AREA, _MIN_AREA_SHARE * foreground.size)
     order = [label for label in np.argsort(-areas[1:], kind="stable") + 1 if areas[label] >= minimum]
     return [_part(frame, labels == label) for label in order[:2]]

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoProcessor, GroundingDinoForObjectDetect
 from transformers.utils import is_scipy_available, is_torchvision_available
 
 from dreamrelation.masks.prompts import Box, Detection
-from dreamrelation.models import resolve_device
+from dreamrelation.runtime import resolve_device
 
 _GROUNDING_DINO = "grounding-dino"
 _OWLV2 = "owlv2"

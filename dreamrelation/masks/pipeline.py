@@ -88,7 +88,7 @@ class _Sam2Engine:
     def __init__(self, config: MasksConfig):
         from dreamrelation.masks.grounding import GroundingDetector
         from dreamrelation.masks.sam2 import Sam2VideoSegmenter
-        from dreamrelation.models import resolve_device
+        from dreamrelation.runtime import resolve_device
 
         self.config = config
         device = resolve_device(config.device)

@@ -18,7 +18,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenc
 
 from dreamrelation.masks.grounding import load_failure_message
 from dreamrelation.masks.prompts import Box, SubjectPrompt
-from dreamrelation.models import resolve_device
+from dreamrelation.runtime import resolve_device
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from dreamrelation.config import TOY_MODEL_DIR, ModelConfig
+from dreamrelation.config import ASSETS_ENV, TOY_MODEL_DIR, ModelConfig
 from dreamrelation.models import memory
 from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.wan import WanSpecification
+from dreamrelation.runtime import resolve_device, resolve_dtype
 
 FAMILIES: dict[str, ModelSpecification] = {"MochiPipeline": MochiSpecification(), "WanPipeline": WanSpecification()}
 
@@ -24,15 +25,6 @@ HUB_ALIASES = {
 }
 # name -> size in models/tiny_random.py
 TINY_RANDOM = {"tiny-random": "tiny", "tiny-random-small": "small", "tiny-random-wan": "wan"}
-
-
-def quiet_loading_bars() -> None:
-    """Hide the one-bar-per-component output of loading a pipeline (CLI and job logs show their own progress)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 class ModelLoadError(RuntimeError):
@@ -49,20 +41,6 @@ class LoadedModel:
     dtype: torch.dtype
     defaults: ClipShape  # the clip shape it generates and trains at unless told otherwise
     memory: memory.MemoryPlan  # the memory preset it was loaded with, and why
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; otherwise torch.device(name)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on GPU, fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
 
 
 def specification_for(folder: Path) -> ModelSpecification:
@@ -113,7 +91,11 @@ def resolve_source(config: ModelConfig) -> Path:
         return materialize_tiny_pipeline(config.cache_dir, seed=config.seed, size=TINY_RANDOM[name])
     if name == "toy":
         if not (TOY_MODEL_DIR / "model_index.json").exists():
-            raise ModelLoadError(f"the embedded toy model is missing from {TOY_MODEL_DIR}; use --model tiny-random")
+            raise ModelLoadError(
+                f"the toy model is missing: {TOY_MODEL_DIR} holds no model_index.json (assets/ is not part of a "
+                f"wheel: install the checkout with `pip install -e .` or set {ASSETS_ENV} to its assets folder), "
+                "or choose another model such as --model tiny-random"
+            )
         return TOY_MODEL_DIR
     path = Path(name).expanduser()
     if path.is_dir():

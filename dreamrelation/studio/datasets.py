@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamrelation.config import REPO_ROOT, IngestConfig, MasksConfig
+from dreamrelation.config import ASSETS_ENV, EXAMPLES_DIR, IngestConfig, MasksConfig
 from dreamrelation.data.dataset import DatasetError, load_subject_masks, scan_dataset
 from dreamrelation.data.video import probe_video, read_frames, write_video
 from dreamrelation.masks.pipeline import Progress, make_masks, overlay_frames
@@ -25,7 +25,6 @@ from dreamrelation.models.base import ClipShape
 from dreamrelation.studio.workspace import StudioError, Workspace
 
 MAX_VIDEOS = 30
-EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 REPORT_FILE = "dataset.json"
 CORRECTIONS_FILE = "corrections.json"
 
@@ -230,6 +229,9 @@ def list_examples() -> list[str]:
 
 def copy_example(workspace: Workspace, owner: str, example: str) -> DatasetReport:
     """A new dataset of `owner` holding a bundled example (videos, captions, ground-truth masks) with overlays."""
+    if not EXAMPLES_DIR.is_dir():
+        raise StudioError(f"the example datasets are missing: no folder {EXAMPLES_DIR} (set {ASSETS_ENV} to a "
+                          "checkout's assets folder)")
     if example not in list_examples():
         raise StudioError(f"unknown example {example!r}; choose one of {', '.join(list_examples()) or 'none'}")
     dataset_id, folder = workspace.new_dataset_dir(owner, example.replace("_", " "))

@@ -13,9 +13,10 @@ from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_statu
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
-from dreamrelation.models import model_clip_defaults, model_specification, resolve_device
+from dreamrelation.models import model_clip_defaults, model_specification
 from dreamrelation.models.base import ClipShape, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
+from dreamrelation.runtime import resolve_device
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run

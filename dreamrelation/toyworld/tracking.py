@@ -1,7 +1,7 @@
 """Find Shapes World subjects in decoded video by colour, and name their shapes.
 
 Works on lossy, blurry frames (codec round trips, VAE decodes, generated video): each pixel takes the
-nearest vocabulary colour or the background, and each colour keeps its largest connected blob per frame.
+nearest vocabulary colour or the background, and each colour keeps its largest 4-connected blob per frame.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
 from dreamrelation.toyworld.world import COLOURS
 
@@ -27,6 +28,8 @@ _MIN_AREA_SHARE = 0.004
 # offset, square >= 1.15 ratio, 95% of frames).
 _TRIANGLE_OFFSET = 0.05
 _SQUARE_DIAGONAL_RATIO = 1.12
+# 4-connected, as when the cuts above were measured: the judges' verdicts depend on it.
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 class Tracks(NamedTuple):
@@ -55,37 +58,17 @@ def classify_pixels(frames: np.ndarray) -> np.ndarray:
 
 
 def largest_components(mask: np.ndarray) -> np.ndarray:
-    """Keep each frame's largest 4-connected blob.
+    """Keep each frame's largest 4-connected blob (of equal ones, the first in raster order).
 
-    Takes bool (F, H, W). Returns bool (F, H, W), all False on frames with no foreground. Labels blobs by
-    union-find with pointer jumping over the foreground's neighbour pairs (numpy has no labeller, and this
-    takes a handful of passes where flood filling would take one per pixel of blob width).
+    Takes bool (F, H, W). Returns bool (F, H, W), all False on frames with no foreground.
     """
-    index = np.arange(mask.size).reshape(mask.shape)
-    across = mask[:, :, :-1] & mask[:, :, 1:]  # a pixel and its right neighbour both foreground
-    down = mask[:, :-1] & mask[:, 1:]  # ... and the one below; neither pairing crosses frames
-    first = np.concatenate([index[:, :, :-1][across], index[:, :-1][down]])
-    second = np.concatenate([index[:, :, 1:][across], index[:, 1:][down]])
-    parent = np.arange(mask.size)
-    while True:
-        roots_first, roots_second = parent[first], parent[second]
-        apart = roots_first != roots_second
-        if not apart.any():
-            break
-        # Hang each pair's larger root under the smaller: roots only ever point down, so no cycles form.
-        low, high = np.minimum(roots_first, roots_second)[apart], np.maximum(roots_first, roots_second)[apart]
-        np.minimum.at(parent, high, low)
-        while not np.array_equal(grand := parent[parent], parent):
-            parent = grand
-    foreground = np.flatnonzero(mask)
-    roots, sizes = np.unique(parent[foreground], return_counts=True)
-    frame_of_root = roots // (mask.shape[1] * mask.shape[2])
-    # Sort by frame, then largest first: each frame's first entry is its largest blob.
-    order = np.lexsort((-sizes, frame_of_root))
-    is_first = np.diff(frame_of_root[order], prepend=-1) != 0
-    keep = np.zeros(mask.size, bool)
-    keep[roots[order][is_first]] = True
-    return keep[parent].reshape(mask.shape)
+    largest = np.zeros(mask.shape, bool)
+    for kept, frame in zip(largest, mask):
+        labels, count = ndimage.label(frame, _FOUR_CONNECTED)
+        if count:
+            # argmax takes the first of equal sizes, and labels count up in raster order.
+            kept[...] = labels == np.bincount(labels.ravel())[1:].argmax() + 1
+    return largest
 
 
 def colour_blobs(labels: np.ndarray, colour: str) -> np.ndarray:

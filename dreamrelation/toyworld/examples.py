@@ -1,0 +1,76 @@
+"""The example relation datasets: exemplar scenes of one held-out relation each, written as ready datasets.
+
+Each dataset is a few exemplar videos of ONE relation, all with the same subject pair (EXEMPLAR_SUBJECTS: a
+red square acting on a blue square, medium size, plain background), in the layout of toyworld.dataset
+(captions such as "A red square orbits a blue square.", exact masks, scenes.json). Every clip differs only in
+its scene seed (start position, direction, path). Deterministic in the seed: writing again gives the same
+decoded frames and masks (the mp4 bytes may differ between encoder builds).
+
+The defaults are what assets/examples/ ships (scripts/make_examples.py writes it) and what
+benchmarks/relation_eval.py trains on: the embedded toy model's training shape (scripts/train_toy_base.py:
+25 frames at 96x96). Prompts with other colours and shapes then test whether a relation LoRA learnt the
+motion rather than the exemplars' look.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dreamrelation.toyworld.dataset import write_relation_dataset
+from dreamrelation.toyworld.world import RELATIONS, Scene, Subject
+
+# The toy model's clip shape (scripts/train_toy_base.py --frames/--size).
+DEFAULT_FRAMES = 25
+DEFAULT_SIZE = 96
+DEFAULT_COUNT = 6
+DEFAULT_SEED = 0
+# One fixed pair for every exemplar video: the same shape for both, so two shapes (circle, triangle) and four
+# colours stay unseen for the prompts that test generalisation.
+EXEMPLAR_SUBJECTS = (Subject("square", "red", "medium"), Subject("square", "blue", "medium"))
+
+
+def exemplar_scenes(relation: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> list[Scene]:
+    """The exemplar scenes of one relation: `count` scenes of EXEMPLAR_SUBJECTS on a plain background.
+
+    Scene seeds are drawn from a generator seeded by (seed, the relation's index in RELATIONS), so each
+    relation gets its own deterministic paths and a larger `count` extends a smaller one. Raises
+    ValueError for an unknown relation or a count under 1.
+    """
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; use one of {', '.join(RELATIONS)}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    rng = np.random.default_rng([seed, list(RELATIONS).index(relation)])
+    first, second = EXEMPLAR_SUBJECTS
+    return [Scene(first, second, relation, int(rng.integers(2**31)), "plain") for _ in range(count)]
+
+
+def write_examples(
+    root: str | Path,
+    relation: str,
+    count: int = DEFAULT_COUNT,
+    num_frames: int = DEFAULT_FRAMES,
+    size: int = DEFAULT_SIZE,
+    seed: int = DEFAULT_SEED,
+) -> Path:
+    """Write one relation's exemplar dataset into `root` (replaced whole if it exists); returns `root`.
+
+    Takes the folder, the relation, the number of videos, their frame count (6k+1), their side in pixels
+    (a multiple of 16) and the scene seed. The folder is written beside `root` first and then moved into
+    place, so an interrupted run never leaves a half-written dataset and no file of an older run survives.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+    try:
+        write_relation_dataset(staging, exemplar_scenes(relation, count, seed), num_frames, size, size)
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
