@@ -15,6 +15,7 @@ from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.models import model_clip_defaults, model_specification, resolve_device
 from dreamrelation.models.base import ClipShape, ModelSpecification
+from dreamrelation.outputs import RunDir
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run
@@ -157,7 +158,7 @@ class Studio:
     def relation_files(self, owner: str, job_id: str) -> list[Path]:
         """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
         relation = self._relation(owner, job_id)
-        return [relation.lora_path, relation.lora_path.parent / "config.yaml"]
+        return [relation.lora_path, RunDir(relation.lora_path.parent).config]
 
     def _relation(self, owner: str, job_id: str) -> TrainedRelation:
         for relation in self.list_relations(owner):
