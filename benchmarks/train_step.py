@@ -1,6 +1,7 @@
 """Benchmark: cost of one DreamRelation training step against a plain single-adapter LoRA step.
 
-Times the library's real `train_step` (dreamrelation.train.trainer) on the same model and the same random
+Times the library's real training iteration (dreamrelation.train.trainer: `prepare_training` sets up adapters,
+AdamW, schedule and accelerate as a run does, then `advance` per step) on the same model and the same random
 cached data in two configurations, each in its own process so its peak memory is its own:
 
   (a) plain LoRA     MethodConfig(mode="direct-lora", contrastive=False, mask_loss=False): one adapter on
@@ -56,7 +57,6 @@ CONFIGS = {
     "b": ("DreamRelation", {}),
 }
 CLIPS = 4  # random cached clips the steps draw from
-CAPTION_DROPOUT = 0.1  # TrainConfig's default
 RESULT_MARKER = "TRAIN_STEP_RESULT "
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -419,18 +419,13 @@ def measure(args: argparse.Namespace) -> dict:
 
     Returns seconds of every timed step (and per mode), the trainable parameter count, peak memory and FLOPs.
     """
-    from accelerate import Accelerator
-
-    from dreamrelation.config import MethodConfig
-    from dreamrelation.method.adapters import add_adapters, training_modes
-    from dreamrelation.method.losses import RelationalContrastiveLoss
-    from dreamrelation.train.trainer import StepContext, TrainState, train_step
+    from dreamrelation.config import MethodConfig, TrainConfig
+    from dreamrelation.train.trainer import advance, make_accelerator, prepare_training
 
     name, overrides = CONFIGS[args.only]
     method = MethodConfig(**overrides)
     cuda = args.device == "cuda"
     preset = PRESETS[args.preset]
-    spec = preset.spec
     transformer, vae_config = preset.build(args)
     shape = latent_shape(args, transformer)
     dataset = random_dataset(args, shape, getattr(transformer.config, preset.family.text_dim_key), args.seed)
@@ -438,49 +433,25 @@ def measure(args: argparse.Namespace) -> dict:
     dtype = transformer.dtype  # the base's compute dtype, read before the fp32 adapters are added
     base_parameters = sum(p.numel() for p in transformer.parameters())
 
-    transformer.requires_grad_(False)
-    adapters = add_adapters(transformer, spec, method)
-    if preset.checkpointing:
-        transformer.enable_gradient_checkpointing()
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.01)
-    accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
-    ctx = StepContext(
-        spec=spec,
-        model=model,
-        transformer=transformer,
-        optimizer=optimizer,
-        dataset=dataset,
-        vae_config=vae_config,
-        dtype=dtype,
-        method=method,
-        caption_dropout=CAPTION_DROPOUT,
-        accelerator=accelerator,
+    # TrainConfig's defaults (lr, weight decay, caption dropout) are the recipe's; nothing is resumed.
+    train = TrainConfig(
+        steps=args.warmup + args.steps, seed=args.seed, gradient_checkpointing=preset.checkpointing, resume=False
     )
-    contrastive = None
-    if method.contrastive:
-        contrastive = RelationalContrastiveLoss(
-            num_positives=4, num_negatives=10, positive_bank_size=10, negative_bank_size=64, temperature=0.07
-        )
-    state = TrainState(
-        step=0,
-        data_generator=torch.Generator().manual_seed(args.seed),
-        mode_generator=torch.Generator().manual_seed(args.seed),
-        contrastive=contrastive,
+    training = prepare_training(
+        train, method, spec=preset.spec, transformer=transformer, vae_config=vae_config, dtype=dtype,
+        dataset=dataset, accelerator=make_accelerator(args.device),
     )
+    adapters = list(transformer.peft_config)
+    trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)  # every adapter is active now
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    modes = training_modes(method)
-    seconds, per_mode = [], {mode.name: [] for mode in modes}
+    seconds, per_mode = [], {mode.name: [] for mode in training.modes}
     for index in range(args.warmup + args.steps):
-        mode = modes[int(torch.randint(len(modes), (1,), generator=state.mode_generator))]  # as the trainer draws
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        train_step(ctx, mode, state)  # ends in loss.item(), which waits for the device
+        mode, _ = advance(training)  # ends in loss.item(), which waits for the device
         elapsed = time.perf_counter() - started
-        state.step += 1
         if index >= args.warmup:
             seconds.append(elapsed)
             per_mode[mode.name].append(elapsed)
@@ -489,7 +460,7 @@ def measure(args: argparse.Namespace) -> dict:
         "config": args.only,
         "name": name,
         "adapters": adapters,
-        "trainable": sum(p.numel() for p in trainable),
+        "trainable": trainable,
         "base_parameters": base_parameters,
         "dtype": str(dtype).removeprefix("torch."),
         "layers": transformer.config.num_layers,

@@ -55,6 +55,7 @@ TRAIN_OPTIONS = {
     "--steps": ("train", "steps"),
     "--lr": ("train", "learning_rate"),
     "--weight-decay": ("train", "weight_decay"),
+    "--max-grad-norm": ("train", "max_grad_norm"),
     "--warmup-steps": ("train", "warmup_steps"),
     "--caption-dropout": ("train", "caption_dropout"),
     "--seed": ("train", "seed"),

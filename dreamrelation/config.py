@@ -251,6 +251,10 @@ class TrainConfig(_Settings):
     warmup_steps: int = Field(200, ge=0, description="Linear warm-up steps (capped at 10% of steps), then cosine.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of training on the empty caption.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random choice in training.")
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="Clip the adapters' gradient norm to this before each step; None: no clipping, as "
+        "the reference trains.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many newest checkpoints to keep.")

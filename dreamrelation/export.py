@@ -12,8 +12,7 @@ from peft.utils import get_peft_model_state_dict
 from dreamrelation.config import MethodConfig, RunConfig
 from dreamrelation.method.adapters import adapter_specs, exported_adapters
 from dreamrelation.models import hub_id
-
-LORA_FILENAME = "relation_lora.safetensors"
+from dreamrelation.outputs import LORA_FILENAME, RunDir
 
 
 def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> tuple[dict, dict]:
@@ -56,18 +55,18 @@ def export_lora(
     `pipeline_class` is the family's diffusers pipeline class, whose `save_lora_weights` writes the file;
     `captions` are the training captions (the card quotes one as the trigger). Returns the LoRA file's path.
     """
-    output_dir = Path(output_dir)
+    out = RunDir(output_dir)
     state, metadata = exported_lora_state(transformer, run.method)
     pipeline_class.save_lora_weights(
-        output_dir,
+        out.root,
         transformer_lora_layers=state,
         weight_name=LORA_FILENAME,
         transformer_lora_adapter_metadata=metadata,
     )
-    (output_dir / "README.md").write_text(model_card(run, pipeline_class.__name__, captions))
+    out.model_card.write_text(model_card(run, pipeline_class.__name__, captions))
     # diffusers writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
-    os.chmod(output_dir / LORA_FILENAME, 0o644)
-    return output_dir / LORA_FILENAME
+    os.chmod(out.lora, 0o644)
+    return out.lora
 
 
 def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from dreamrelation.config import GenerateConfig, ModelConfig
-from dreamrelation.export import LORA_FILENAME
 from dreamrelation.models import LoadedModel, load_model
+from dreamrelation.outputs import LORA_FILENAME, RunDir
 
 LORA_ADAPTER_NAME = "relation"
 
@@ -31,7 +31,7 @@ def resolve_lora_file(lora: Path) -> Path:
     from safetensors import safe_open
 
     lora = Path(lora)
-    path = lora / LORA_FILENAME if lora.is_dir() else lora
+    path = RunDir(lora).lora if lora.is_dir() else lora
     if not path.is_file():
         raise GenerationError(f"no relation LoRA at {path}: pass a training output folder or its {LORA_FILENAME}")
     try:

@@ -218,9 +218,11 @@ def test_status_follows_progress_through_a_resume_with_samples_and_log(store, ma
     progress = ProgressLog(job.output_dir / "progress.jsonl")
     progress.write(event="start", step=0, steps=4, clips=2)
     for step in (1, 2, 3):
-        progress.write(step=step, steps=4, mode="relation", loss=float(step), loss_rec=float(step), lr=1e-4, eta_s=9.0)
+        losses = {"loss": float(step), "loss_rec": float(step)}
+        progress.write(step=step, steps=4, mode="relation", losses=losses, lr=1e-4, sec_per_step=0.1, eta_s=9.0)
     progress.write(event="start", step=2, steps=4, clips=2)  # resumed from the step-2 checkpoint: step 3 again
-    progress.write(step=3, steps=4, mode="relation", loss=5.0, loss_rec=4.0, loss_rcl=100.0, lr=1e-4, eta_s=0.5)
+    losses = {"loss": 5.0, "loss_rec": 4.0, "loss_rcl": 100.0}
+    progress.write(step=3, steps=4, mode="relation", losses=losses, lr=1e-4, sec_per_step=0.1, eta_s=0.5)
     for step in (2, 3):
         (job.output_dir / "samples").mkdir(exist_ok=True)
         (job.output_dir / "samples" / f"step-{step:07d}.mp4").write_bytes(b"")
@@ -313,10 +315,10 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint_after_an_app_restart(sto
     progress = job.output_dir / "progress.jsonl"
 
     def past_a_checkpoint():
-        steps = [record["step"] for record in read_progress(progress) if "loss" in record]
+        steps = [record["step"] for record in read_progress(progress) if "losses" in record]
         checkpoint = latest_checkpoint(job.output_dir)
         past = checkpoint is not None and steps[-1] > int(checkpoint.name.split("-")[1])
-        return past and store.load(job.id).state == "training"  # the worker notes "training" within 0.5 s
+        return past and store.load(job.id).state == "training"  # noted before the first step
 
     wait_for(past_a_checkpoint, "a step past a checkpoint")
     first.stop()  # the app goes away; its worker trains on

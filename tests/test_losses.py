@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from dreamrelation.config import MethodConfig
 from dreamrelation.method.losses import (
     RelationalContrastiveLoss,
     frame_features,
@@ -45,13 +46,31 @@ def test_info_nce_matches_a_hand_computation():
     assert math.isclose(info_nce(anchors, positives, negatives, tau).item(), expected, rel_tol=1e-6)
 
 
+def rcl(num_positives=4, num_negatives=10, positive_bank_size=10, negative_bank_size=64, temperature=0.07):
+    """The loss with docs/method.md §3's settings unless told otherwise."""
+    return RelationalContrastiveLoss(
+        num_positives=num_positives, num_negatives=num_negatives, positive_bank_size=positive_bank_size,
+        negative_bank_size=negative_bank_size, temperature=temperature,
+    )
+
+
+def test_from_config_takes_every_setting_of_the_method():
+    method = MethodConfig(num_positives=2, num_negatives=7, positive_bank_size=3, negative_bank_size=5, temperature=0.5)
+    loss = RelationalContrastiveLoss.from_config(method)
+    assert (loss.num_positives, loss.num_negatives, loss.temperature) == (2, 7, 0.5)
+    assert (loss.positive_bank.maxlen, loss.negative_bank.maxlen) == (3, 5)
+    default = RelationalContrastiveLoss.from_config(MethodConfig())
+    assert (default.num_positives, default.num_negatives, default.temperature) == (4, 10, 0.07)  # the paper's
+    assert (default.positive_bank.maxlen, default.negative_bank.maxlen) == (10, 64)
+
+
 def clip(values):
     """Per-frame features (F, C) -> a (1, C, F, 1, 1) prediction whose spatial means are those features."""
     return torch.tensor(values).T[None, :, :, None, None]
 
 
 def test_contrastive_loss_uses_dynamics_as_anchors_and_frames_as_negatives():
-    loss = RelationalContrastiveLoss(num_positives=1, num_negatives=3, temperature=1.0)
+    loss = rcl(num_positives=1, num_negatives=3, temperature=1.0)
     generator = torch.Generator().manual_seed(0)
     assert loss(clip([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), generator) is None  # no term with an empty bank
     loss.update_banks(clip([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]))  # banked dynamics: (1,0), (0,1)
@@ -68,15 +87,33 @@ def test_contrastive_loss_uses_dynamics_as_anchors_and_frames_as_negatives():
     assert math.isclose(expected, (a0 + a1) / 2, rel_tol=1e-6)
 
 
+def rows(tensor):
+    return sorted(tuple(row) for row in tensor.tolist())
+
+
 def test_negative_bank_tops_up_when_more_negatives_are_asked_for_than_frames():
-    loss = RelationalContrastiveLoss(num_positives=4, num_negatives=5, temperature=0.07)
-    loss.update_banks(clip([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]))
-    negatives = loss._negatives(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), torch.Generator().manual_seed(0))
-    assert negatives.shape == (5, 2)
+    banked = [[0.0, 0.0], [1.0, 0.0], [2.0, 2.0]]
+    own = torch.tensor([[1.0, 1.0], [0.0, 1.0], [3.0, 0.0]])
+    # 6 negatives from 3 own frames: all 3 own frames first (in any order), then all 3 banked frames.
+    loss = rcl(num_negatives=6)
+    loss.update_banks(clip(banked))
+    negatives = loss._negatives(own, torch.Generator().manual_seed(0))
+    assert rows(negatives[:3]) == rows(own) and rows(negatives[3:]) == rows(torch.tensor(banked))
+    # 5: the own frames, then 2 different banked ones.
+    loss = rcl(num_negatives=5)
+    loss.update_banks(clip(banked))
+    negatives = loss._negatives(own, torch.Generator().manual_seed(0))
+    topped_up = rows(negatives[3:])
+    assert rows(negatives[:3]) == rows(own) and len(set(topped_up)) == 2 and set(topped_up) <= set(map(tuple, banked))
+    # 2, fewer than the frames: 2 different own frames, nothing from the bank.
+    loss = rcl(num_negatives=2)
+    loss.update_banks(clip(banked))
+    picked = rows(loss._negatives(own, torch.Generator().manual_seed(0)))
+    assert len(set(picked)) == 2 and set(picked) <= set(map(tuple, own.tolist()))
 
 
 def test_banks_are_fifo_with_their_sizes_and_detached():
-    loss = RelationalContrastiveLoss(positive_bank_size=2, negative_bank_size=4)
+    loss = rcl(positive_bank_size=2, negative_bank_size=4)
     for step in range(3):
         pred = torch.full((1, 2, 3, 1, 1), float(step), requires_grad=True)
         loss.update_banks(pred * torch.arange(1.0, 4.0).view(1, 1, 3, 1, 1))
@@ -85,13 +122,13 @@ def test_banks_are_fifo_with_their_sizes_and_detached():
     assert torch.equal(loss.positive_bank[-1], torch.full((2, 2), 2.0))
     assert torch.equal(loss.negative_bank[-1], torch.full((2,), 6.0))
     assert not any(t.requires_grad for t in list(loss.positive_bank) + list(loss.negative_bank))
-    restored = RelationalContrastiveLoss(positive_bank_size=2, negative_bank_size=4)
+    restored = rcl(positive_bank_size=2, negative_bank_size=4)
     restored.load_state_dict(loss.state_dict())
     assert [t.tolist() for t in restored.positive_bank] == [t.tolist() for t in loss.positive_bank]
 
 
 def test_contrastive_loss_has_gradients_through_the_prediction():
-    loss = RelationalContrastiveLoss(num_positives=2, num_negatives=3)
+    loss = rcl(num_positives=2, num_negatives=3)
     loss.update_banks(torch.randn(1, 4, 3, 2, 2))
     pred = torch.randn(1, 4, 3, 2, 2, requires_grad=True)
     loss(pred, torch.Generator().manual_seed(0)).backward()

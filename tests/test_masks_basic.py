@@ -152,13 +152,18 @@ def test_basic_engine_masks_follow_the_caption_when_its_first_subject_starts_on_
     from dreamrelation.config import MasksConfig
     from dreamrelation.data.dataset import load_subject_masks
     from dreamrelation.masks.pipeline import make_masks
-    from dreamrelation.toyworld.dataset import write_relation_dataset
-    from dreamrelation.toyworld.world import sample_scenes, trajectories
+    from PIL import Image
 
-    scenes = [s for s in sample_scenes(20, seed=7, relations=("approaches",))
-              if trajectories(s, 13, 64, 64)[0][0][0] > trajectories(s, 13, 64, 64)[1][0][0]][:1]
-    assert scenes, "no scene whose first subject starts on the right"
-    write_relation_dataset(tmp_path, scenes, 13, 64, 64)
+    from dreamrelation.data.video import read_frames, write_video
+    from dreamrelation.toyworld.dataset import write_relation_dataset
+    from dreamrelation.toyworld.world import sample_scenes
+
+    # Shapes World's subject 1 always starts on the left: mirror a rendered video and its masks.
+    write_relation_dataset(tmp_path, sample_scenes(1, seed=7, relations=("approaches",)), 13, 64, 64)
+    (video,) = tmp_path.glob("*.mp4")
+    write_video(video, np.ascontiguousarray(read_frames(video, list(range(13)))[:, :, ::-1]))
+    for png in (tmp_path / "masks").rglob("*.png"):
+        Image.open(png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(png)
     truth = {p.name: load_subject_masks(p, list(range(13)), 64, 64) for p in (tmp_path / "masks").iterdir()}
     shutil.rmtree(tmp_path / "masks")
     (result,) = make_masks(tmp_path, MasksConfig(engine="basic"))

@@ -1,20 +1,21 @@
-"""The training loop: learning, exact resume, the latent cache, progress records, samples."""
+"""The training loop: learning, exact resume, the latent cache, progress records, events, samples."""
 
-import json
+import math
 
+import av
 import pytest
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from dreamrelation.config import DataConfig, MethodConfig, RunConfig, TrainConfig
 from dreamrelation.data.cache import prepare_dataset
 from dreamrelation.data.dataset import scan_dataset
-from dreamrelation.method.adapters import add_adapters, training_modes
 from dreamrelation.models import load_model
+from dreamrelation.outputs import RunDir
 from dreamrelation.train import checkpoint as ckpt
+from dreamrelation.train.callbacks import TrainerCallback
 from dreamrelation.train.progress import read_progress
-from dreamrelation.train.trainer import StepContext, TrainState, train, train_step
+from dreamrelation.train.trainer import TrainState, make_accelerator, prepare_training, train, train_step
 
 from helpers import write_two_subject_dataset
 
@@ -40,29 +41,55 @@ def test_one_clip_is_overfit_by_the_real_training_step(model_config, tmp_path, n
 
     Mochi's 'small' random model: the 0.06M one is too narrow to fit a clip through LoRAs at all."""
     model_config = model_config.model_copy(update={"name": name})
-    tiny = load_model(model_config)
     data_dir = write_two_subject_dataset(tmp_path / "one", num_videos=1, **CLIP)
-    run = run_config(model_config, data_dir, tmp_path / "out")
-    dataset = prepare_dataset(tiny, scan_dataset(data_dir), run.data, model_config.cache_dir, show_progress=False)
-    transformer = tiny.pipe.transformer
-    transformer.requires_grad_(False)
-    add_adapters(transformer, tiny.spec, run.method)
-    optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=3e-3)
-    ctx = StepContext(
-        spec=tiny.spec, model=transformer, transformer=transformer, optimizer=optimizer, dataset=dataset,
-        vae_config=tiny.pipe.vae.config, dtype=torch.float32, method=run.method, caption_dropout=0.0,
-        accelerator=Accelerator(cpu=True),
-    )
-    relation = training_modes(run.method)[0]
+    # No warm-up: the schedule's first learning rate is then the configured one.
+    training, _ = prepared(model_config, data_dir, tmp_path, learning_rate=3e-3, warmup_steps=0, caption_dropout=0.0)
+    relation = training.modes[0]
     losses = []
     for _ in range(40):
         state = TrainState(0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(0), None)
-        losses.append(train_step(ctx, relation, state)["loss_rec"])
+        losses.append(train_step(training.ctx, relation, state)["loss_rec"])
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
+def prepared(model_config, data_dir, out, **train_settings):
+    """prepare_training on a freshly loaded tiny model; returns (Training, its first mode: relation)."""
+    tiny = load_model(model_config)
+    run = run_config(model_config, data_dir, out, **train_settings)
+    dataset = prepare_dataset(tiny, scan_dataset(data_dir), run.data, model_config.cache_dir, show_progress=False)
+    training = prepare_training(
+        run.train, run.method, spec=tiny.spec, transformer=tiny.pipe.transformer, vae_config=tiny.pipe.vae.config,
+        dtype=tiny.dtype, dataset=dataset, accelerator=make_accelerator("cpu"),
+    )
+    return training, training.modes[0]
+
+
+def gradient_norm_at_the_optimizer_step(model_config, dataset_dir, tmp_path, max_grad_norm):
+    """The adapters' total gradient norm as AdamW sees it in one relation-mode step."""
+    training, relation = prepared(model_config, dataset_dir, tmp_path, max_grad_norm=max_grad_norm)
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    training.ctx.optimizer.optimizer.register_step_pre_hook(record)  # the AdamW inside accelerate's wrapper
+    train_step(training.ctx, relation, training.state)
+    return norms[0]
+
+
+def test_max_grad_norm_clips_the_total_gradient_norm_and_none_leaves_it(model_config, dataset_dir, tmp_path):
+    unclipped = gradient_norm_at_the_optimizer_step(model_config, dataset_dir, tmp_path / "a", None)
+    assert unclipped > 1e-2  # so a limit of 1e-3 must act
+    clipped = gradient_norm_at_the_optimizer_step(model_config, dataset_dir, tmp_path / "b", 1e-3)
+    # torch's clip_grad_norm_ scales by max / (norm + 1e-6).
+    assert math.isclose(clipped, 1e-3 * unclipped / (unclipped + 1e-6), rel_tol=1e-4)
+
+
 def final_adapters(out):
-    return torch.load(ckpt.latest_checkpoint(out) / "state.pt", weights_only=False)["adapters"]
+    """{adapter name/weight key: tensor} of the newest checkpoint."""
+    adapters = torch.load(ckpt.latest_checkpoint(out) / "state.pt", weights_only=False)["adapters"]
+    return {f"{name}/{key}": value for name, weights in adapters.items() for key, value in weights.items()}
 
 
 def test_training_2n_steps_equals_n_steps_then_resume_then_n_steps(model_config, dataset_dir, tmp_path):
@@ -93,7 +120,7 @@ def test_checkpoints_are_pruned_and_hold_everything_to_continue(model_config, da
     run = run_config(model_config, dataset_dir, tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=2)
     train(run, show_progress=False)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-0000004", "step-0000006"]
-    assert not list(ckpt.checkpoint_root(tmp_path).glob(".*"))  # no staging folder left behind
+    assert not list(RunDir(tmp_path).checkpoints.glob(".*"))  # no staging folder left behind
     state = ckpt.read_part(ckpt.latest_checkpoint(tmp_path), "state")
     assert {"step", "adapters", "optimizer", "lr_schedule", "mode_generator", "config"} <= state.keys()
     own = ckpt.read_part(ckpt.latest_checkpoint(tmp_path), "rank0")
@@ -101,32 +128,83 @@ def test_checkpoints_are_pruned_and_hold_everything_to_continue(model_config, da
 
 
 def test_a_second_run_encodes_nothing_and_changed_settings_encode_again(model_config, dataset_dir, tmp_path):
+    # A cache of its own: the session's may already hold these clips from an earlier test.
+    model_config = model_config.model_copy(update={"cache_dir": tmp_path / "cache"})
     first = train(run_config(model_config, dataset_dir, tmp_path / "a", steps=1), show_progress=False)
+    assert first.encoded_clips == 2  # both videos of the dataset
     second = train(run_config(model_config, dataset_dir, tmp_path / "b", steps=1), show_progress=False)
     assert second.encoded_clips == 0
     other = run_config(model_config, dataset_dir, tmp_path / "c", steps=1)
     other = other.model_copy(update={"data": DataConfig(data_dir=dataset_dir, num_frames=7, height=32, width=32)})
     assert train(other, show_progress=False).encoded_clips == 2
-    assert first.encoded_clips in (0, 2)  # 0 when an earlier test filled the session cache
 
 
 def test_progress_records_every_step_and_the_end(model_config, dataset_dir, tmp_path):
     run = run_config(model_config, dataset_dir, tmp_path, steps=5, checkpoint_every=100)
     train(run, show_progress=False)
     records = read_progress(tmp_path / "progress.jsonl")
-    steps = [r for r in records if "loss" in r]
+    steps = [r for r in records if "losses" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
-    assert {"loss", "loss_rec", "lr", "sec_per_step", "eta_s", "mode", "steps"} <= steps[0].keys()
-    assert any("loss_rcl" in r for r in steps[1:])  # the bank fills after the first step
+    assert {"losses", "lr", "sec_per_step", "eta_s", "mode", "steps", "time"} == steps[0].keys() - {"step"}
+    assert steps[0]["losses"].keys() == {"loss", "loss_rec"}  # no contrastive term while the bank is empty
+    assert all(r["losses"].keys() == {"loss", "loss_rec", "loss_rcl"} for r in steps[1:])  # filled after step 1
+    # The total is the reconstruction plus λ_1 = 0.01 times the contrastive term (docs/method.md §3).
+    assert all(
+        math.isclose(r["losses"]["loss"], r["losses"]["loss_rec"] + 0.01 * r["losses"]["loss_rcl"], rel_tol=1e-5)
+        for r in steps[1:]
+    )
     assert records[0]["event"] == "start" and records[-1]["event"] == "done"
     assert (tmp_path / "relation_lora.safetensors").exists() and (tmp_path / "config.yaml").exists()
     assert ckpt.latest_checkpoint(tmp_path).name == "step-0000005"  # the last step is always saved
 
 
+class EventLog(TrainerCallback):
+    """Records each event with the step it names."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_prepared(self, run, step, clips):
+        self.events.append(("prepared", step, clips))
+
+    def on_step(self, report):
+        self.events.append(("step", report.step, report.mode))
+
+    def on_checkpoint(self, step, path):
+        self.events.append(("checkpoint", step, path.name))
+
+    def on_done(self, result):
+        self.events.append(("done", result.steps, result.lora_path.name))
+
+
+def test_callbacks_hear_the_events_in_order_and_a_resume_starts_at_its_checkpoint(model_config, dataset_dir, tmp_path):
+    log = EventLog()
+    run = run_config(model_config, dataset_dir, tmp_path, steps=3, checkpoint_every=2)
+    train(run, show_progress=False, callbacks=[log])
+    modes = [event[2] for event in log.events if event[0] == "step"]
+    assert log.events == [
+        ("prepared", 0, 2),  # two clips
+        ("step", 1, modes[0]),
+        ("step", 2, modes[1]),
+        ("checkpoint", 2, "step-0000002"),
+        ("step", 3, modes[2]),
+        ("checkpoint", 3, "step-0000003"),  # the last step always gets one
+        ("done", 3, "relation_lora.safetensors"),
+    ]
+    resumed = EventLog()
+    longer = run.model_copy(update={"train": run.train.model_copy(update={"steps": 4, "resume": True})})
+    train(longer, show_progress=False, callbacks=[resumed])
+    assert [event[:2] for event in resumed.events] == [("prepared", 3), ("step", 4), ("checkpoint", 4), ("done", 4)]
+
+
 def test_samples_are_rendered_every_n_steps(model_config, dataset_dir, tmp_path):
     run = run_config(model_config, dataset_dir, tmp_path, steps=2, sample_every=2)
     train(run, show_progress=False)
-    assert (tmp_path / "samples" / "step-0000002.mp4").exists()
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-0000002.mp4"]
+    with av.open(str(tmp_path / "samples" / "step-0000002.mp4")) as container:  # decodable, at the clip's shape
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == CLIP["num_frames"]
+    assert frames[0].shape == (CLIP["height"], CLIP["width"], 3)
 
 
 def test_ablation_switches_train_the_right_adapters(model_config, dataset_dir, tmp_path):

@@ -8,13 +8,11 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamrelation.export import LORA_FILENAME
 from dreamrelation.jobs.store import JobStore
+from dreamrelation.outputs import RunDir
 from dreamrelation.train.progress import read_progress
 
 LOG_TAIL_LINES = 20
-# Numeric fields of a step record that are not loss terms.
-_NOT_LOSSES = {"step", "steps", "lr", "sec_per_step", "eta_s", "time"}
 
 
 def _json_ready(value):
@@ -41,7 +39,7 @@ class JobStatus:
     eta_s: float | None  # while training
     losses: dict[str, float]  # the latest step's loss terms: "loss", "loss_rec", and "loss_rcl" once it applies
     loss_history: dict[str, list[tuple[int, float]]]  # (step, value) per term, the run as it was resumed
-    sample_video: Path | None  # the newest OUT/samples/step-*.mp4
+    sample_video: Path | None  # the newest sample video (RunDir.latest_sample)
     lora_path: Path | None  # when done
     log_tail: list[str]  # the last lines of worker.log
     error: str | None
@@ -73,7 +71,8 @@ class TrainedRelation:
 def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
     """The status of job `job_id` of `owner`; raises JobNotFound as JobStore.get does."""
     job = store.get(job_id, owner)
-    records = read_progress(job.output_dir / "progress.jsonl")
+    out = RunDir(job.output_dir)
+    records = read_progress(out.progress)
     steps = job.settings["train"]["steps"]  # not job.run: a job saved by an older version must still display
     step, history, latest = 0, {}, None
     for record in records:
@@ -81,12 +80,10 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
             # A resumed run redoes the steps after its checkpoint: forget the first run's values for them.
             step, latest = record["step"], None
             history = {term: [(s, v) for s, v in points if s <= step] for term, points in history.items()}
-        elif "loss" in record:
+        elif "losses" in record:
             step, latest = record["step"], record
-            for term, value in _loss_terms(record).items():
+            for term, value in record["losses"].items():
                 history.setdefault(term, []).append((step, value))
-    samples = sorted((job.output_dir / "samples").glob("step-*.mp4"))  # step numbers are zero-padded
-    lora = job.output_dir / LORA_FILENAME
     return JobStatus(
         id=job.id,
         relation=job.relation,
@@ -96,10 +93,10 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         steps=steps,
         fraction=min(step / steps, 1.0),
         eta_s=latest["eta_s"] if latest is not None and job.state == "training" else None,
-        losses=_loss_terms(latest) if latest is not None else {},
+        losses=latest["losses"] if latest is not None else {},
         loss_history=history,
-        sample_video=samples[-1] if samples else None,
-        lora_path=lora if job.state == "done" and lora.exists() else None,
+        sample_video=out.latest_sample(),
+        lora_path=out.lora if job.state == "done" and out.lora.exists() else None,
         log_tail=_tail(job.log_path, LOG_TAIL_LINES),
         error=job.error,
         attempts=job.attempts,
@@ -113,16 +110,11 @@ def list_relations(store: JobStore, owner: str) -> list[TrainedRelation]:
     """The relations `owner` has trained: done jobs whose LoRA file is still there, newest first."""
     relations = []
     for job in store.list(owner, states=("done",)):
-        lora = job.output_dir / LORA_FILENAME
+        lora = RunDir(job.output_dir).lora
         if lora.exists():
             steps = job.settings["train"]["steps"]
             relations.append(TrainedRelation(job.id, job.relation, lora, steps, job.created))
     return relations
-
-
-def _loss_terms(record: dict) -> dict[str, float]:
-    numeric = {term: value for term, value in record.items() if isinstance(value, (int, float))}
-    return {term: value for term, value in numeric.items() if term not in _NOT_LOSSES}
 
 
 def _tail(path: Path, lines: int) -> list[str]:

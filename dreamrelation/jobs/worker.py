@@ -13,19 +13,18 @@ import argparse
 import logging
 import os
 import sys
-import threading
 import time
 import traceback
 import warnings
 from pathlib import Path
 
-from dreamrelation.jobs.store import RUNNING, Job, JobStore
-from dreamrelation.train.checkpoint import latest_checkpoint
-from dreamrelation.train.progress import read_progress
+from dreamrelation.config import RunConfig
+from dreamrelation.jobs.store import RUNNING, JobStore
 from dreamrelation.runtime import quiet_loading_bars
+from dreamrelation.train.callbacks import TrainerCallback
+from dreamrelation.train.checkpoint import latest_checkpoint
 from dreamrelation.train.trainer import train
 
-_POLL_S = 0.5
 # Training runs below the app's priority: on a machine whose cores it saturates (a CPU Space), the web server
 # still answers status polls and page loads at once, and training only loses the little time they take.
 WORKER_NICENESS = 19
@@ -46,19 +45,15 @@ def run_job(store: JobStore, job_id: str) -> int:
     where = f"resuming from {checkpoint.name}" if checkpoint else "from the start"
     print(f"job {job.id}: training relation {job.relation!r}, {where}", flush=True)
 
-    finished = threading.Event()
-    threading.Thread(target=_mark_training_on_start, args=(store, job, finished), daemon=True).start()
     try:
         quiet_loading_bars()
         with warnings.catch_warnings():
             _hide_library_warnings()
-            result = train(run, show_progress=False)
+            result = train(run, show_progress=False, callbacks=[MarkTraining(store, job.id)])
     except Exception as error:
         traceback.print_exc()
         store.update(job.id, only_from=RUNNING, state="failed", error=_one_line(error), pid=None, finished=time.time())
         return 1
-    finally:
-        finished.set()
     store.update(job.id, only_from=RUNNING, state="done", error=None, pid=None, finished=time.time())
     print(f"job {job.id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
     return 0
@@ -73,18 +68,14 @@ def _hide_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
 
 
-def _mark_training_on_start(store: JobStore, job: Job, finished: threading.Event) -> None:
-    """Move the job from preparing to training once the trainer logs this run's "start" record."""
-    progress = job.output_dir / "progress.jsonl"
-    earlier_starts = _count_starts(progress)  # a resumed job's log already holds the earlier runs' records
-    while not finished.wait(_POLL_S):
-        if _count_starts(progress) > earlier_starts:
-            store.update(job.id, only_from=("preparing",), state="training")
-            return
+class MarkTraining(TrainerCallback):
+    """Moves the job from preparing to training once the model and data are ready and the first step is next."""
 
+    def __init__(self, store: JobStore, job_id: str):
+        self.store, self.job_id = store, job_id
 
-def _count_starts(progress: Path) -> int:
-    return sum(record.get("event") == "start" for record in read_progress(progress))
+    def on_prepared(self, run: RunConfig, step: int, clips: int) -> None:
+        self.store.update(self.job_id, only_from=("preparing",), state="training")
 
 
 def _one_line(error: BaseException) -> str:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
-from peft.tuners.tuners_utils import cast_adapter_dtype, set_adapter
 
 from dreamrelation.config import MethodConfig
 from dreamrelation.models.base import ModelSpecification
@@ -94,16 +94,17 @@ def add_adapters(transformer: torch.nn.Module, spec: ModelSpecification, method:
             target_modules=targets,
         )
         transformer.add_adapter(config, adapter_name=adapter.name)
-        # The base may run in bf16; adapter weights stay fp32 (peft casts inputs to the adapter's dtype).
-        cast_adapter_dtype(transformer, adapter.name)
     names = [adapter.name for adapter, _ in plans]
     activate_adapters(transformer, names)
+    # The base may run in bf16; adapter weights stay fp32 (peft casts inputs to the adapter's dtype). The
+    # trainable parameters are exactly the adapters: peft froze the base when it added them.
+    cast_training_params(transformer, torch.float32)
     return names
 
 
 def activate_adapters(transformer: torch.nn.Module, names: list[str] | tuple[str, ...]) -> None:
     """Make exactly `names` active: they take part in the forward pass and require grad; the others neither."""
-    set_adapter(transformer, list(names))
+    transformer.set_adapter(list(names))
 
 
 def adapter_parameters(transformer: torch.nn.Module, name: str) -> dict[str, torch.nn.Parameter]:

@@ -4,8 +4,12 @@ relational contrastive loss with its positive and negative banks."""
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from dreamrelation.config import MethodConfig
 
 
 def relation_mask(subject_masks: torch.Tensor) -> torch.Tensor:
@@ -65,12 +69,26 @@ class RelationalContrastiveLoss:
     are the clip's own single-frame features, topped up from the negative bank when more are asked for.
     """
 
-    def __init__(self, num_positives=4, num_negatives=10, positive_bank_size=10, negative_bank_size=64, temperature=0.07):
+    def __init__(
+        self, *, num_positives: int, num_negatives: int, positive_bank_size: int, negative_bank_size: int,
+        temperature: float,
+    ):
         self.num_positives = num_positives
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.positive_bank: deque[torch.Tensor] = deque(maxlen=positive_bank_size)  # each (F-1, C)
         self.negative_bank: deque[torch.Tensor] = deque(maxlen=negative_bank_size)  # each (C,)
+
+    @classmethod
+    def from_config(cls, method: MethodConfig) -> RelationalContrastiveLoss:
+        """The loss with the bank sizes, draw counts and temperature of `method` (MethodConfig holds the defaults)."""
+        return cls(
+            num_positives=method.num_positives,
+            num_negatives=method.num_negatives,
+            positive_bank_size=method.positive_bank_size,
+            negative_bank_size=method.negative_bank_size,
+            temperature=method.temperature,
+        )
 
     def __call__(self, pred: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """pred (B, C, F, H, W) with gradients -> scalar loss, or None while the positive bank is empty.

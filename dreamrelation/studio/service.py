@@ -16,6 +16,7 @@ from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.models import model_clip_defaults, model_specification
 from dreamrelation.models.base import ClipShape, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
+from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
@@ -166,7 +167,7 @@ class Studio:
     def relation_files(self, owner: str, job_id: str) -> list[Path]:
         """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
         relation = self._relation(owner, job_id)
-        return [relation.lora_path, relation.lora_path.parent / "config.yaml"]
+        return [relation.lora_path, RunDir(relation.lora_path.parent).config]
 
     def _relation(self, owner: str, job_id: str) -> TrainedRelation:
         for relation in self.list_relations(owner):

@@ -1,6 +1,12 @@
 """Resumable checkpoints: OUT/checkpoints/step-<N>/, written to a temporary folder and renamed (atomic),
 the newest K kept. `state.pt` holds what every process shares (adapters, optimizer, scheduler, step,
-config); `rank<R>.pt` what each process owns (its random generators and contrastive banks)."""
+config); `rank<R>.pt` what each process owns (its random generators and contrastive banks).
+
+Why not `accelerator.save_state` with `register_for_checkpointing`: it saves the whole model's state dict (the
+frozen base too, tens of GB for Mochi, where the adapters are megabytes), writes straight into its folder (a
+run killed mid-write leaves a half checkpoint that looks complete), and saves registered objects from the main
+process only, so each rank's own generator and contrastive banks would be lost; exact resume needs all three.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,14 @@ from pathlib import Path
 
 import torch
 
+from dreamrelation.outputs import RunDir
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_root(output_dir: Path) -> Path:
-    return Path(output_dir) / "checkpoints"
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    root = checkpoint_root(output_dir)
+    root = RunDir(output_dir).checkpoints
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").exists()]
@@ -34,7 +38,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def staging_dir(output_dir: Path, step: int) -> Path:
     """Where the processes write checkpoint `step` before it is published."""
-    path = checkpoint_root(output_dir) / f".step-{step:07d}.tmp"
+    path = RunDir(output_dir).checkpoints / f".step-{step:07d}.tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -46,8 +50,8 @@ def write_part(staging: Path, name: str, state: dict) -> None:
 
 def publish(output_dir: Path, step: int, keep: int) -> Path:
     """Rename the staged checkpoint into place and delete all but the newest `keep`. Main process only."""
-    staging = checkpoint_root(output_dir) / f".step-{step:07d}.tmp"
-    final = checkpoint_root(output_dir) / f"step-{step:07d}"
+    staging = RunDir(output_dir).checkpoints / f".step-{step:07d}.tmp"
+    final = RunDir(output_dir).checkpoints / f"step-{step:07d}"
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)

@@ -1,10 +1,31 @@
-"""progress.jsonl: one JSON object per line, appended by the trainer and read by other processes (the app)."""
+"""progress.jsonl: one JSON object per line, appended by the trainer and read by other processes (the app).
+
+The trainer's records (ProgressRecorder):
+    {"event": "start", "step": S, "steps": N, "clips": K, "time": T}       each run, S > 0 when resumed
+    {"step": S, "steps": N, "mode": M, "losses": {"loss": ..., "loss_rec": ..., "loss_rcl": ...},
+     "lr": LR, "sec_per_step": ..., "eta_s": ..., "time": T}                every log_every steps and the last
+    {"event": "done", "step": N, "lora": PATH, "time": T}
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 import time
+from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dreamrelation.train.callbacks import StepReport, TrainerCallback
+
+if TYPE_CHECKING:
+    from dreamrelation.config import RunConfig
+    from dreamrelation.train.trainer import TrainResult
+
+# Whole iterations (step, checkpoint, sample) of the last few: a median of them is an ETA that neither a slow
+# first step nor an occasional checkpoint throws off.
+_ETA_WINDOW = 20
 
 
 class ProgressLog:
@@ -33,3 +54,28 @@ def read_progress(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class ProgressRecorder(TrainerCallback):
+    """The trainer's events as progress.jsonl records (formats in this module's docstring)."""
+
+    def __init__(self, path: Path, log_every: int):
+        self.log = ProgressLog(path)
+        self.log_every = log_every
+        self.recent: deque[float] = deque(maxlen=_ETA_WINDOW)
+        self.last_event = time.perf_counter()
+
+    def on_prepared(self, run: RunConfig, step: int, clips: int) -> None:
+        self.log.write(event="start", step=step, steps=run.train.steps, clips=clips)
+        self.last_event = time.perf_counter()
+
+    def on_step(self, report: StepReport) -> None:
+        now = time.perf_counter()
+        self.recent.append(now - self.last_event)  # from the previous step's end: a whole iteration
+        self.last_event = now
+        if report.step % self.log_every == 0 or report.step == report.steps:
+            eta = statistics.median(self.recent) * (report.steps - report.step)
+            self.log.write(**dataclasses.asdict(report), eta_s=round(eta, 1))
+
+    def on_done(self, result: TrainResult) -> None:
+        self.log.write(event="done", step=result.steps, lora=str(result.lora_path))

@@ -1,6 +1,7 @@
 """The DreamRelation training run: named phases, then one readable step function.
 
-    prepare model -> prepare data (encode once, cached) -> add adapters -> optimizer -> resume -> train -> export
+    prepare model -> prepare data (encode once, cached) -> prepare_training (adapters, optimizer, resume)
+    -> the loop (advance, checkpoint; callbacks hear each event) -> export
 
 accelerate handles devices, mixed precision and multi-process data parallelism (`accelerate launch`).
 """
@@ -8,9 +9,8 @@ accelerate handles devices, mixed precision and multi-process data parallelism (
 from __future__ import annotations
 
 import logging
-import statistics
 import time
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from tqdm.auto import tqdm
+from diffusers.utils.torch_utils import randn_tensor
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from dreamrelation.config import MethodConfig, RunConfig
+from dreamrelation.config import MethodConfig, RunConfig, TrainConfig
 from dreamrelation.data.cache import PreparedDataset, prepare_dataset
 from dreamrelation.data.dataset import scan_dataset
 from dreamrelation.export import export_lora
@@ -33,11 +34,14 @@ from dreamrelation.method.adapters import (
     training_modes,
 )
 from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
-from dreamrelation.models import LoadedModel, load_model, model_clip_defaults, model_specification, plan_memory, resolve_device
+from dreamrelation.models import LoadedModel, load_model, model_clip_defaults, model_specification, plan_memory
 from dreamrelation.models import memory
 from dreamrelation.models.base import ModelSpecification
+from dreamrelation.outputs import RunDir
+from dreamrelation.runtime import resolve_device
 from dreamrelation.train import checkpoint as ckpt
-from dreamrelation.train.progress import ProgressLog
+from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback
+from dreamrelation.train.progress import ProgressRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -72,22 +76,34 @@ def plan_training_memory(run: RunConfig) -> memory.MemoryPlan:
     )
 
 
-def warmup_steps(run: RunConfig) -> int:
+def warmup_steps(train: TrainConfig) -> int:
     """The configured warm-up, scaled down to at most 10% of a short run."""
-    return min(run.train.warmup_steps, run.train.steps // 10)
+    return min(train.warmup_steps, train.steps // 10)
 
 
-def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool = True) -> TrainResult:
-    """Train a relation LoRA as `run` says; returns where it went. Resumes when `run.train.resume` is set.
-
-    `loaded` lets a caller reuse a pipeline already in memory (it is modified: adapters are added).
-    """
-    out = Path(run.train.output_dir)
-    accelerator = Accelerator(
+def make_accelerator(device: str) -> Accelerator:
+    """The accelerator of a run on `device` (a ModelConfig.device; or the devices `accelerate launch` hands out)."""
+    return Accelerator(
         mixed_precision="no",  # the base is loaded in its compute dtype; adapters stay fp32 (peft casts inputs)
-        cpu=resolve_device(run.model.device).type == "cpu",  # also makes `accelerate launch` use gloo on CPU
+        cpu=resolve_device(device).type == "cpu",  # also makes `accelerate launch` use gloo on CPU
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def train(
+    run: RunConfig,
+    loaded: LoadedModel | None = None,
+    show_progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Train a relation LoRA as `run` says; returns where it went. Resumes when `run.train.resume` is set.
+
+    `loaded` lets a caller reuse a pipeline already in memory (it is modified: adapters are added). The run
+    folder's progress log is always kept; `callbacks` hear the same events after it (main process only).
+    """
+    out = RunDir(run.train.output_dir)
+    accelerator = make_accelerator(run.model.device)
+    main = accelerator.is_main_process
     # Phase 0: the dataset folder is checked before anything heavy loads.
     samples = scan_dataset(run.data.data_dir, run.data.masks_dir)
 
@@ -101,103 +117,132 @@ def train(run: RunConfig, loaded: LoadedModel | None = None, show_progress: bool
 
     # Phase 2: data, encoded once (the main process fills the cache, the others read it).
     with accelerator.main_process_first():
-        dataset = prepare_dataset(
-            loaded, samples, run.data, run.model.cache_dir, show_progress and accelerator.is_main_process
-        )
-    keep_decoders = run.train.sample_every > 0
-    if not keep_decoders:
+        dataset = prepare_dataset(loaded, samples, run.data, run.model.cache_dir, show_progress and main)
+    if run.train.sample_every == 0:
         for component in spec.offload_after_encoding(pipe):
             component.to("cpu")
 
-    # Phase 3: adapters and optimizer.
-    transformer = pipe.transformer
+    # Phase 3: adapters, optimizer and state, fresh or resumed.
+    training = prepare_training(
+        run.train, run.method, spec=spec, transformer=pipe.transformer, vae_config=pipe.vae.config,
+        dtype=loaded.dtype, dataset=dataset, accelerator=accelerator, offload=loaded.memory.preset == "offload",
+    )
+    if training.resumed_from is None and main:
+        out.root.mkdir(parents=True, exist_ok=True)
+        out.config.write_text(run.to_yaml())
+    events: list[TrainerCallback] = []
+    if main:
+        events.append(ProgressRecorder(out.progress, run.train.log_every))
+        events += [ProgressBar()] if show_progress else []
+        events += [_SampleRenderer(run, loaded, dataset, out)] if run.train.sample_every > 0 else []
+        events += callbacks
+    _emit(events, "on_prepared", run, training.state.step, len(dataset.records))
+
+    # Phase 4: the loop.
+    state, losses = training.state, []
+    while state.step < run.train.steps:
+        started = time.perf_counter()
+        mode, terms = advance(training)
+        losses.append(terms["loss"])
+        lr = training.lr_schedule.get_last_lr()[0]
+        seconds = round(time.perf_counter() - started, 4)
+        _emit(events, "on_step", StepReport(state.step, run.train.steps, mode.name, terms, lr, seconds))
+        if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
+            _emit(events, "on_checkpoint", state.step, _save(out, run, training))
+
+    # Phase 5: export (main process).
+    lora_path = export_lora(type(pipe), pipe.transformer, run, out.root, dataset.captions) if main else out.lora
+    accelerator.wait_for_everyone()
+    activate_adapters(pipe.transformer, exported_adapters(run.method))
+    result = TrainResult(out.root, lora_path, state.step, losses, dataset.encoded)
+    _emit(events, "on_done", result)
+    return result
+
+
+def _emit(callbacks: Sequence[TrainerCallback], event: str, *args) -> None:
+    for callback in callbacks:
+        getattr(callback, event)(*args)
+
+
+@dataclass
+class Training:
+    """What the loop needs, from `prepare_training`."""
+
+    ctx: StepContext
+    state: TrainState
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    modes: list[TrainingMode]
+    resumed_from: Path | None  # the checkpoint it continues, or None for a fresh run
+
+
+def prepare_training(
+    train: TrainConfig,
+    method: MethodConfig,
+    *,
+    spec: ModelSpecification,
+    transformer: torch.nn.Module,
+    vae_config: object,
+    dtype: torch.dtype,
+    dataset: PreparedDataset,
+    accelerator: Accelerator,
+    offload: bool = False,
+) -> Training:
+    """Add the method's adapters to `transformer` (frozen otherwise), build AdamW and the warm-up + cosine
+    schedule, hand them to `accelerator`, and restore the newest checkpoint of `train.output_dir` when
+    `train.resume` is set. `vae_config` holds the latent statistics the cached clips were encoded with; `dtype`
+    is the base's compute dtype; `offload` (the memory preset) offloads the frozen layers once the adapters exist.
+    Returns the step context, the state, the schedule and the modes to draw from.
+    """
     transformer.requires_grad_(False)
-    set_seed(run.train.seed)  # the adapters' Kaiming init draws from the global generator
-    add_adapters(transformer, spec, run.method)
-    offload = loaded.memory.preset == "offload"
-    if run.train.gradient_checkpointing or offload:  # offload frees a block's weights only when recomputed
+    set_seed(train.seed)  # the adapters' Kaiming init draws from the global generator
+    add_adapters(transformer, spec, method)
+    if train.gradient_checkpointing or offload:  # offload frees a block's weights only when recomputed
         transformer.enable_gradient_checkpointing()
     if offload:
         memory.offload_frozen_weights(transformer, accelerator.device)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=run.train.learning_rate, weight_decay=run.train.weight_decay)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps(run), run.train.steps)
+    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps(train), train.steps)
     # An offloaded transformer places itself; accelerate would try to move it whole.
     model, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[not offload, True])
-
-    # Phase 4: state, fresh or resumed.
+    rcl = method.contrastive and method.mode == "dreamrelation"
     state = TrainState(
         step=0,
-        data_generator=torch.Generator().manual_seed(run.train.seed + accelerator.process_index),
-        mode_generator=torch.Generator().manual_seed(run.train.seed),
-        contrastive=_contrastive_loss(run) if run.method.contrastive and run.method.mode == "dreamrelation" else None,
+        data_generator=torch.Generator().manual_seed(train.seed + accelerator.process_index),
+        mode_generator=torch.Generator().manual_seed(train.seed),
+        contrastive=RelationalContrastiveLoss.from_config(method) if rcl else None,
     )
-    if run.train.resume and (latest := ckpt.latest_checkpoint(out)) is not None:
-        _restore(latest, transformer, optimizer, lr_schedule, state, accelerator.process_index)
-    elif accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(run.to_yaml())
-    progress = ProgressLog(out / "progress.jsonl") if accelerator.is_main_process else None
-    if progress:
-        progress.write(event="start", step=state.step, steps=run.train.steps, clips=len(dataset.records))
-
-    # Phase 5: the loop.
     ctx = StepContext(
         spec=spec,
         model=model,
         transformer=transformer,
         optimizer=optimizer,
         dataset=dataset,
-        vae_config=pipe.vae.config,
-        dtype=loaded.dtype,
-        method=run.method,
-        caption_dropout=run.train.caption_dropout,
+        vae_config=vae_config,
+        dtype=dtype,
+        method=method,
+        caption_dropout=train.caption_dropout,
+        max_grad_norm=train.max_grad_norm,
         accelerator=accelerator,
     )
-    modes = training_modes(run.method)
-    losses: list[float] = []
-    # Whole iterations (step, checkpoint, sample) of the last few: a median of them is an ETA that neither a
-    # slow first step nor an occasional checkpoint throws off.
-    recent_iterations: deque[float] = deque(maxlen=20)
-    previous_start = None
-    bar = tqdm(total=run.train.steps, initial=state.step, desc="training", disable=not (show_progress and accelerator.is_main_process))
-    while state.step < run.train.steps:
-        started = time.perf_counter()
-        if previous_start is not None:
-            recent_iterations.append(started - previous_start)
-        previous_start = started
-        mode = modes[int(torch.randint(len(modes), (1,), generator=state.mode_generator))]
-        terms = train_step(ctx, mode, state)
-        lr_schedule.step()
-        state.step += 1
-        elapsed = time.perf_counter() - started
-        losses.append(terms["loss"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{terms['loss']:.4f}", mode=mode.name)
-        if progress and (state.step % run.train.log_every == 0 or state.step == run.train.steps):
-            progress.write(
-                step=state.step,
-                steps=run.train.steps,
-                mode=mode.name,
-                **terms,
-                lr=lr_schedule.get_last_lr()[0],
-                sec_per_step=round(elapsed, 4),
-                eta_s=round(statistics.median(recent_iterations or [elapsed]) * (run.train.steps - state.step), 1),
-            )
-        if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
-            _save(out, run, transformer, optimizer, lr_schedule, state, accelerator)
-        if keep_decoders and state.step % run.train.sample_every == 0 and accelerator.is_main_process:
-            _render_sample(run, loaded, dataset, out / "samples" / f"step-{state.step:07d}.mp4")
-    bar.close()
+    latest = ckpt.latest_checkpoint(train.output_dir) if train.resume else None
+    training = Training(ctx, state, lr_schedule, training_modes(method), latest)
+    if latest is not None:
+        _restore(latest, training)
+    return training
 
-    # Phase 6: export (main process) and a final record.
-    lora_path = out / "relation_lora.safetensors"
-    if accelerator.is_main_process:
-        lora_path = export_lora(type(pipe), transformer, run, out, dataset.captions)
-        progress.write(event="done", step=state.step, lora=str(lora_path))
-    accelerator.wait_for_everyone()
-    activate_adapters(transformer, exported_adapters(run.method))
-    return TrainResult(out, lora_path, state.step, losses, dataset.encoded)
+
+def advance(training: Training) -> tuple[TrainingMode, dict[str, float]]:
+    """One iteration of the loop: draw this step's mode, run the step, move the schedule and the step count.
+
+    Returns the mode and the step's loss terms.
+    """
+    state = training.state
+    mode = training.modes[int(torch.randint(len(training.modes), (1,), generator=state.mode_generator))]
+    terms = train_step(training.ctx, mode, state)
+    training.lr_schedule.step()
+    state.step += 1
+    return mode, terms
 
 
 @dataclass
@@ -213,6 +258,7 @@ class StepContext:
     dtype: torch.dtype
     method: MethodConfig
     caption_dropout: float
+    max_grad_norm: float | None  # None: no clipping (docs/method.md §5)
     accelerator: Accelerator
 
 
@@ -223,9 +269,11 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     activate_adapters(ctx.transformer, mode.adapters)
 
     # Flow matching on the cached VAE posterior: z_sigma = (1 - sigma) z0 + sigma noise, target z0 - noise.
+    # Noise is drawn from the CPU generator (randn_tensor then moves it) so a seed gives the same numbers anywhere.
     mean, logvar = batch["latent_mean"], batch["latent_logvar"]
-    latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * _randn_like(mean, generator))
-    noise = _randn_like(latents, generator)
+    posterior = randn_tensor(mean.shape, generator, mean.device, mean.dtype)
+    latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * posterior)
+    noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
     sigmas = torch.rand(latents.shape[0], generator=generator).to(latents.device)
     pred, target = ctx.spec.training_forward(
         ctx.model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
@@ -237,6 +285,8 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
 
     ctx.accelerator.backward(loss)
+    if ctx.max_grad_norm is not None:
+        ctx.accelerator.clip_grad_norm_(ctx.model.parameters(), ctx.max_grad_norm)
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     if state.contrastive:
@@ -245,11 +295,6 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     if loss_rcl is not None:
         terms["loss_rcl"] = loss_rcl.item()
     return terms
-
-
-def _randn_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    # Drawn on the CPU so a seed gives the same numbers on every device.
-    return torch.randn(tensor.shape, generator=generator).to(tensor.device, tensor.dtype)
 
 
 def _draw_batch(dataset: PreparedDataset, caption_dropout: float, generator, device) -> dict[str, torch.Tensor]:
@@ -262,23 +307,12 @@ def _draw_batch(dataset: PreparedDataset, caption_dropout: float, generator, dev
     return batch
 
 
-def _contrastive_loss(run: RunConfig) -> RelationalContrastiveLoss:
-    m = run.method
-    return RelationalContrastiveLoss(
-        num_positives=m.num_positives,
-        num_negatives=m.num_negatives,
-        positive_bank_size=m.positive_bank_size,
-        negative_bank_size=m.negative_bank_size,
-        temperature=m.temperature,
-    )
-
-
-def _adapter_weights(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {path: p.detach().cpu().clone() for path, p in transformer.named_parameters() if "lora_" in path}
-
-
-def _save(out, run, transformer, optimizer, lr_schedule, state: TrainState, accelerator) -> None:
-    staging = ckpt.staging_dir(out, state.step)
+def _save(out: RunDir, run: RunConfig, training: Training) -> Path | None:
+    """Write checkpoint `training.state.step` (every process its own part) and publish it; returns its folder on
+    the main process, None on the others."""
+    ctx, state = training.ctx, training.state
+    accelerator, transformer = ctx.accelerator, ctx.transformer
+    staging = ckpt.staging_dir(out.root, state.step)
     ckpt.write_part(
         staging,
         f"rank{accelerator.process_index}",
@@ -288,33 +322,35 @@ def _save(out, run, transformer, optimizer, lr_schedule, state: TrainState, acce
         },
     )
     if accelerator.is_main_process:
+        adapters = {name: get_peft_model_state_dict(transformer, adapter_name=name) for name in transformer.peft_config}
         ckpt.write_part(
             staging,
             "state",
             {
                 "step": state.step,
-                "adapters": _adapter_weights(transformer),
-                "optimizer": optimizer.state_dict(),
-                "lr_schedule": lr_schedule.state_dict(),
+                "adapters": adapters,  # {adapter name: its peft state dict}
+                "optimizer": ctx.optimizer.state_dict(),
+                "lr_schedule": training.lr_schedule.state_dict(),
                 "mode_generator": state.mode_generator.get_state(),
                 "config": run.model_dump(mode="json"),
             },
         )
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.publish(out, state.step, run.train.keep_checkpoints)
+    published = ckpt.publish(out.root, state.step, run.train.keep_checkpoints) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
+    return published
 
 
-def _restore(checkpoint: Path, transformer, optimizer, lr_schedule, state: TrainState, rank: int) -> None:
+def _restore(checkpoint: Path, training: Training) -> None:
+    ctx, state = training.ctx, training.state
     shared = ckpt.read_part(checkpoint, "state")
-    own = ckpt.read_part(checkpoint, f"rank{rank}") or ckpt.read_part(checkpoint, "rank0")
-    parameters = dict(transformer.named_parameters())
-    with torch.no_grad():
-        for path, value in shared["adapters"].items():
-            parameters[path].copy_(value)
-    optimizer.load_state_dict(shared["optimizer"])
-    lr_schedule.load_state_dict(shared["lr_schedule"])
+    own = ckpt.read_part(checkpoint, f"rank{ctx.accelerator.process_index}") or ckpt.read_part(checkpoint, "rank0")
+    for name, weights in shared["adapters"].items():
+        loaded = set_peft_model_state_dict(ctx.transformer, weights, adapter_name=name)
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"checkpoint {checkpoint} holds weights of adapter {name!r} this model lacks")
+    ctx.optimizer.load_state_dict(shared["optimizer"])
+    training.lr_schedule.load_state_dict(shared["lr_schedule"])
     state.step = shared["step"]
     state.mode_generator.set_state(shared["mode_generator"])
     state.data_generator.set_state(own["data_generator"])
@@ -323,18 +359,28 @@ def _restore(checkpoint: Path, transformer, optimizer, lr_schedule, state: Train
     logger.info("resumed from %s at step %d", checkpoint, state.step)
 
 
-def _render_sample(run: RunConfig, loaded: LoadedModel, dataset: PreparedDataset, path: Path) -> None:
-    """Render a short sample with the adapters kept for inference, then hand the transformer back to training."""
-    from dreamrelation.config import GenerateConfig
-    from dreamrelation.data.video import write_video
-    from dreamrelation.generate import render
+class _SampleRenderer(TrainerCallback):
+    """Renders a sample video every `sample_every` steps with the adapters kept for inference."""
 
-    activate_adapters(loaded.pipe.transformer, exported_adapters(run.method))
-    shape = dataset.shape
-    config = GenerateConfig(
-        prompt=run.train.sample_prompt or dataset.captions[0],
-        num_frames=shape.num_frames,
-        height=shape.height,
-        width=shape.width,
-    )
-    write_video(path, render(loaded, config), fps=loaded.defaults.fps)
+    def __init__(self, run: RunConfig, loaded: LoadedModel, dataset: PreparedDataset, out: RunDir):
+        self.run, self.loaded, self.dataset, self.out = run, loaded, dataset, out
+
+    def on_step(self, report: StepReport) -> None:
+        if report.step % self.run.train.sample_every == 0:
+            self.render(self.out.sample(report.step))
+
+    def render(self, path: Path) -> None:
+        """Write one sample to `path`; the next step switches the transformer back to its training adapters."""
+        from dreamrelation.config import GenerateConfig
+        from dreamrelation.data.video import write_video
+        from dreamrelation.generate import render
+
+        activate_adapters(self.loaded.pipe.transformer, exported_adapters(self.run.method))
+        shape = self.dataset.shape
+        config = GenerateConfig(
+            prompt=self.run.train.sample_prompt or self.dataset.captions[0],
+            num_frames=shape.num_frames,
+            height=shape.height,
+            width=shape.width,
+        )
+        write_video(path, render(self.loaded, config), fps=self.loaded.defaults.fps)

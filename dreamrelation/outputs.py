@@ -1,0 +1,60 @@
+"""The run folder: the one place that names what a training run writes (TrainConfig.output_dir).
+
+    OUT/relation_lora.safetensors   the exported relation LoRA (diffusers format)
+    OUT/README.md                   its model card
+    OUT/config.yaml                 the run's settings
+    OUT/progress.jsonl              one record per logged step (train/progress.py)
+    OUT/samples/step-<N>.mp4        sample videos rendered during training
+    OUT/checkpoints/                resumable checkpoints (train/checkpoint.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LORA_FILENAME = "relation_lora.safetensors"
+MODEL_CARD_FILENAME = "README.md"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths inside one run folder; nothing is created or checked."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def lora(self) -> Path:
+        return self.root / LORA_FILENAME
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / MODEL_CARD_FILENAME
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def sample(self, step: int) -> Path:
+        """The sample video rendered after `step` (zero-padded, so names sort by step)."""
+        return self.samples / f"step-{step:07d}.mp4"
+
+    def latest_sample(self) -> Path | None:
+        """The newest sample video, or None before the first."""
+        found = sorted(self.samples.glob("step-*.mp4"))
+        return found[-1] if found else None
