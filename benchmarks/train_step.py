@@ -285,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, help="Clip width in pixels, multiple of 16 (default: 128 / 848 / 832).")
     parser.add_argument("--blocks", type=int, help="Build the transformer with this many blocks instead of its own "
                         "count (not for small); lets mochi-1 and wan2.1-1.3b run on the CPU as a code-path check.")
+    parser.add_argument("--memory", choices=("bf16", "fp8", "offload"), default="bf16",
+                        help="Memory preset of the frozen base (dreamrelation.models.memory): bf16 as built, fp8 "
+                        "layerwise casting, offload its frozen layers from CPU memory (default bf16).")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps run first in each configuration.")
     parser.add_argument("--steps", type=int, default=50, help="Timed steps per configuration (default 50).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the weights, the data and every draw.")
@@ -422,16 +425,22 @@ def measure(args: argparse.Namespace) -> dict:
     from dreamrelation.config import MethodConfig, TrainConfig
     from dreamrelation.train.trainer import advance, make_accelerator, prepare_training
 
+    from dreamrelation.models import memory
+
     name, overrides = CONFIGS[args.only]
     method = MethodConfig(**overrides)
     cuda = args.device == "cuda"
     preset = PRESETS[args.preset]
-    transformer, vae_config = preset.build(args)
+    offload = args.memory == "offload"
+    # Offloaded weights live in CPU memory: the model is built there and prepare_training places the rest.
+    transformer, vae_config = preset.build(argparse.Namespace(**{**vars(args), "device": "cpu"}) if offload else args)
     shape = latent_shape(args, transformer)
     dataset = random_dataset(args, shape, getattr(transformer.config, preset.family.text_dim_key), args.seed)
     flops = step_flops(transformer, args, shape)
     dtype = transformer.dtype  # the base's compute dtype, read before the fp32 adapters are added
     base_parameters = sum(p.numel() for p in transformer.parameters())
+    if args.memory == "fp8":
+        memory.cast_to_fp8(transformer, dtype)
 
     # TrainConfig's defaults (lr, weight decay, caption dropout) are the recipe's; nothing is resumed.
     train = TrainConfig(
@@ -439,10 +448,11 @@ def measure(args: argparse.Namespace) -> dict:
     )
     training = prepare_training(
         train, method, spec=preset.spec, transformer=transformer, vae_config=vae_config, dtype=dtype,
-        dataset=dataset, accelerator=make_accelerator(args.device),
+        dataset=dataset, accelerator=make_accelerator(args.device), offload=offload,
     )
     adapters = list(transformer.peft_config)
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)  # every adapter is active now
+    estimate = estimated_peak(args, transformer, shape, trainable, dtype)
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     seconds, per_mode = [], {mode.name: [] for mode in training.modes}
@@ -459,6 +469,7 @@ def measure(args: argparse.Namespace) -> dict:
     result = {
         "config": args.only,
         "name": name,
+        "memory": args.memory,
         "adapters": adapters,
         "trainable": trainable,
         "base_parameters": base_parameters,
@@ -472,10 +483,34 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "model_flops": flops[0],
         "hardware_flops": flops[1],
+        "estimate_gb": estimate.total / memory.GB,
     }
     if cuda:  # a fresh process per configuration, so this peak is the configuration's own
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return result
+
+
+def estimated_peak(args: argparse.Namespace, transformer: torch.nn.Module, shape, trainable: int, dtype: torch.dtype):
+    """dreamrelation.models.memory's estimate of this step's peak (no encoders: the data is already cached), from the
+    transformer with its adapters (frozen parameters are the base's); a MemoryEstimate."""
+    from dreamrelation.models import memory
+
+    preset = PRESETS[args.preset]
+    blocks = transformer.get_submodule(preset.family.blocks)
+    config = transformer.config
+    size = memory.ModelSize(
+        transformer=sum(p.numel() for p in transformer.parameters() if not p.requires_grad),
+        largest_block=max(sum(p.numel() for p in b.parameters() if not p.requires_grad) for b in blocks),
+        blocks=len(blocks), width=config.num_attention_heads * config.attention_head_dim, encoders=0,
+    )
+    pt, ph, pw = patch_sizes(config)
+    _, frames, height, width = shape
+    tokens = memory.ClipTokens(latent=(frames // pt) * (height // ph) * (width // pw), text=preset.text_len, pixels=0)
+    return memory.estimate_memory(
+        size, preset.spec.memory_profile, tokens, args.memory, training=True,
+        gradient_checkpointing=preset.checkpointing or args.memory == "offload", adapter_parameters=trainable,
+        compute_bytes=dtype.itemsize,
+    )
 
 
 def run_in_subprocess(argv: list[str], config: str) -> dict:
