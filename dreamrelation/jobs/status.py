@@ -36,6 +36,7 @@ class JobStatus:
     step: int
     steps: int
     fraction: float  # step / steps
+    memory: str  # the memory preset it trains with (planned when it was queued; models/memory.py)
     eta_s: float | None  # while training
     losses: dict[str, float]  # the latest step's loss terms: "loss", "loss_rec", and "loss_rcl" once it applies
     loss_history: dict[str, list[tuple[int, float]]]  # (step, value) per term, the run as it was resumed
@@ -92,6 +93,7 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         step=step,
         steps=steps,
         fraction=min(step / steps, 1.0),
+        memory=job.settings["model"].get("memory", "auto"),  # .get: jobs queued before presets existed
         eta_s=latest["eta_s"] if latest is not None and job.state == "training" else None,
         losses=latest["losses"] if latest is not None else {},
         loss_history=history,
