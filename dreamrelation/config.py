@@ -218,7 +218,9 @@ class MethodConfig(_Settings):
         "qk", description="Projections of the relation adapter ('qk' is the paper's; others are ablations)."
     )
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the relation and subject adapters.")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha of the relation and subject adapters.")
+    alpha: float | None = Field(
+        None, gt=0, description="LoRA alpha of the relation and subject adapters; None: the rank (scale 1).",
+    )
     ffn_rank: int | None = Field(None, ge=1, description="Rank of the ffn adapter; None: same as rank.")
     ffn_alpha: float | None = Field(None, gt=0, description="Alpha of the ffn adapter; None: same as alpha.")
     subject_adapters: bool = Field(True, description="Train subject1/subject2 adapters (off: relation mode only).")
@@ -231,6 +233,13 @@ class MethodConfig(_Settings):
     num_negatives: int = Field(10, ge=1, description="Negatives: the clip's own frames, then the negative bank.")
     positive_bank_size: int = Field(10, ge=1, description="FIFO size of the bank of relational dynamics.")
     negative_bank_size: int = Field(64, ge=1, description="FIFO size of the bank of single-frame features.")
+
+    @model_validator(mode="after")
+    def _alpha_is_rank(self):
+        # Filled in here, so that every reader (adapters, export, the saved config.yaml) sees one number.
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        return self
 
     @property
     def resolved_ffn_rank(self) -> int:

@@ -11,7 +11,7 @@ from dreamrelation.config import ModelConfig, RunConfig
 PRESETS: dict[str, dict[str, dict]] = {
     "quick": {
         "train": {"steps": 150, "learning_rate": 5e-4, "warmup_steps": 10, "checkpoint_every": 25},
-        "method": {"rank": 8, "alpha": 8.0},
+        "method": {"rank": 8},  # alpha = rank (MethodConfig): scale 1
     },
     "paper": {},
 }
@@ -33,7 +33,7 @@ EDITABLE = {
 def build_run(model: ModelConfig, data_dir: Path, preset: str, settings: dict | None = None) -> RunConfig:
     """The RunConfig of a training job: RunConfig defaults, then the preset, then `settings` (form names of
     EDITABLE; None values keep the preset's). Raises ValueError for an unknown preset or setting, and
-    pydantic's ValidationError for a bad value. The rank also sets alpha (alpha = rank keeps scale 1)."""
+    pydantic's ValidationError for a bad value."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     sections: dict[str, dict] = {key: dict(values) for key, values in PRESETS[preset].items()}
@@ -43,8 +43,6 @@ def build_run(model: ModelConfig, data_dir: Path, preset: str, settings: dict | 
         if value is not None:
             section, field = EDITABLE[name]
             sections.setdefault(section, {})[field] = value
-    if "rank" in (settings or {}) and settings["rank"] is not None:
-        sections["method"]["alpha"] = float(settings["rank"])
     data = {"data_dir": str(data_dir), **sections.pop("data", {})}
     return RunConfig.model_validate({"model": model.model_dump(mode="json"), "data": data, **sections})
 
