@@ -314,10 +314,7 @@ class RunConfig(_Settings):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    @classmethod
-    def from_yaml(cls, path: Path, **overrides: dict) -> "RunConfig":
-        """Read a YAML file and merge per-section `overrides` (e.g. train={"steps": 10}) on top."""
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        for section, values in overrides.items():
-            raw.setdefault(section, {}).update(values)
-        return cls.model_validate(raw)
+
+def read_yaml_sections(path: Path) -> dict[str, dict]:
+    """The {section: {field: value}} of a run's YAML file (as RunConfig.to_yaml writes it), unvalidated."""
+    return yaml.safe_load(Path(path).read_text()) or {}

@@ -1,13 +1,56 @@
-"""Settings that mean the same in every front-end: rank -> alpha."""
+"""Settings that mean the same in every front-end: training presets, rank -> alpha."""
+
+import pytest
 
 from dreamrelation import cli
-from dreamrelation.config import MethodConfig, ModelConfig, RunConfig
+from dreamrelation.config import DataConfig, MethodConfig, ModelConfig, RunConfig
 from dreamrelation.method.adapters import adapter_specs
 from dreamrelation.studio.training import build_run
 
 
 def cli_run(*argv: str) -> RunConfig:
     return cli.build_run_config(cli.build_parser().parse_args(["train", *argv]))
+
+
+# --- presets ----------------------------------------------------------------------------------------------
+
+
+def test_the_cli_and_the_app_build_the_same_quick_run(tmp_path):
+    run = cli_run("--data", str(tmp_path), "--preset", "quick")
+    assert run == build_run(ModelConfig(), tmp_path, "quick")
+    # By hand: the quick preset's values, alpha = its rank.
+    assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps, run.train.checkpoint_every) == (
+        150, 5e-4, 10, 25)
+    assert (run.method.rank, run.method.alpha) == (8, 8.0)
+
+
+def test_the_cli_default_is_the_paper_preset_which_is_runconfigs_defaults(tmp_path):
+    expected = RunConfig(data=DataConfig(data_dir=tmp_path))
+    assert cli_run("--data", str(tmp_path)) == expected == build_run(ModelConfig(), tmp_path, "paper")
+    assert (expected.train.steps, expected.method.rank, expected.method.alpha) == (2000, 16, 16.0)
+
+
+def test_flags_override_the_preset_as_the_apps_settings_do(tmp_path):
+    run = cli_run("--data", str(tmp_path), "--preset", "quick", "--steps", "7", "--rank", "4")
+    assert run == build_run(ModelConfig(), tmp_path, "quick", {"steps": 7, "rank": 4})
+    assert (run.train.steps, run.train.learning_rate, run.method.rank, run.method.alpha) == (7, 5e-4, 4, 4.0)
+
+
+def test_a_config_file_sits_between_the_preset_and_the_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{data_dir: '{tmp_path}'}}\ntrain: {{steps: 50, learning_rate: 0.001}}\n")
+    run = cli_run("--config", str(config), "--preset", "quick", "--lr", "0.003")
+    assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps) == (50, 0.003, 10)
+
+
+def test_an_unknown_preset_is_one_line_in_the_cli_and_a_value_error_in_the_app(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--data", str(tmp_path), "--preset", "turbo"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err == "dreamrelation train: error: argument --preset: invalid choice: 'turbo' (choose from 'paper', 'quick')\n"
+    with pytest.raises(ValueError, match=r"^unknown preset 'turbo'; choose one of paper, quick$"):
+        build_run(ModelConfig(), tmp_path, "turbo")
 
 
 # --- rank -> alpha ----------------------------------------------------------------------------------------

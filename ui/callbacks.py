@@ -25,6 +25,7 @@ from dreamrelation.studio.service import BASE_MODEL
 from dreamrelation.studio.training import EDITABLE, preset_values
 
 SETTING_NAMES = list(EDITABLE)
+DEFAULT_PRESET = "quick"  # the app's: a job of minutes on the CPU toy model (the CLI's is the paper's)
 GENERATION_STEPS = 30  # the page's default: seconds on the toy model
 log = logging.getLogger("dreamrelation.app")
 
@@ -143,7 +144,7 @@ def build_callbacks(studio: Studio):
         return report_outputs(report)
 
     @user_errors
-    def start_training(dataset_id: str, preset: str = "quick", steps: int | None = None,
+    def start_training(dataset_id: str, preset: str = DEFAULT_PRESET, steps: int | None = None,
                        learning_rate: float | None = None, seed: int | None = None, sample_every: int | None = None,
                        rank: int | None = None, lambda_mask: float | None = None,
                        lambda_contrastive: float | None = None, num_frames: int | None = None,
