@@ -279,8 +279,12 @@ class GenerateConfig(_Settings):
     prompt: str = Field(..., description="What to generate, e.g. 'A bear is shaking hands with a raccoon.'")
     negative_prompt: str = Field("", description="What to steer away from.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial noise.")
-    steps: int = Field(64, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (at least 2).")
-    guidance_scale: float = Field(6.0, ge=0, le=50, description="Classifier-free guidance scale.")
+    steps: int | None = Field(
+        None, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (at least 2); None: the model's default."
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0, le=50, description="Classifier-free guidance scale; None: the model's default."
+    )
     num_frames: int | None = Field(
         None, ge=1, description="Frames (the model's rule, e.g. 4k+1); None: the model's default."
     )

@@ -12,7 +12,7 @@ from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
 from dreamrelation.presets import TRAINING_PRESETS, preset_help
 from dreamrelation.studio.training import preset_values
-from ui.callbacks import DEFAULT_PRESET, GENERATION_STEPS, SETTING_NAMES, build_callbacks
+from ui.callbacks import DEFAULT_PRESET, SETTING_NAMES, build_callbacks
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
 PRIVATE = {"api_visibility": "private"}
@@ -114,8 +114,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             negative = gr.Textbox("", label="Negative prompt", elem_id="negative-prompt")
             with gr.Row():
                 seed = _value(0, "Seed", elem_id="gen-seed")
-                steps = _value(GENERATION_STEPS, "Steps", elem_id="gen-steps")
-                guidance = _value(6.0, "CFG", elem_id="gen-cfg")
+                steps = _value(studio.generation_defaults.steps, "Steps", elem_id="gen-steps")
+                guidance = _value(studio.generation_defaults.guidance_scale, "CFG", elem_id="gen-cfg")
                 frames = _value(studio.clip_defaults.num_frames, f"Frames ({studio.spec.frame_group}k+1)",
                                 elem_id="gen-frames")
                 lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")
