@@ -94,7 +94,7 @@ INGEST_OPTIONS = {
     "--max-file-mb": ("ingest", "max_file_mb"),
     "--max-duration": ("ingest", "max_duration_s"),
     "--max-pixels": ("ingest", "max_pixels"),
-    "--max-caption-tokens": ("ingest", "max_caption_tokens"),
+    "--max-caption-words": ("ingest", "max_caption_words"),
 }
 MASKS_OPTIONS = {
     "--engine": ("masks", "engine"),

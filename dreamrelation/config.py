@@ -139,7 +139,10 @@ class IngestConfig(_Settings):
     max_file_mb: float = Field(500.0, gt=0, description="Largest upload accepted, in MB.")
     max_duration_s: float = Field(300.0, gt=0, description="Longest video accepted, in seconds.")
     max_pixels: int = Field(3840 * 2160, gt=0, description="Largest frame accepted (width x height).")
-    max_caption_tokens: int = Field(256, ge=1, description="Longest caption accepted, in text-encoder tokens.")
+    max_caption_words: int = Field(
+        256, ge=1, description="Longest caption accepted, in words: a check before anything is written (the "
+        "model's own token limit is checked when training or generation encodes the caption).",
+    )
 
 
 class MasksConfig(_Settings):
