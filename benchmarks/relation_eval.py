@@ -116,7 +116,7 @@ SETTINGS = {
     "steps": (400, 20),
     "seeds": (3, 1),
     "prompts_per_relation": (6, 2),
-    "sample_steps": (30, 6),
+    "sample_steps": (None, 6),  # None: the model's
     "frames": (DEFAULT_FRAMES, 13),
     "size": (DEFAULT_SIZE, 64),
 }
@@ -141,8 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=TrainConfig().learning_rate, help="Training learning rate.")
     parser.add_argument("--seeds", type=int, help="Replicates, seeds 0..N-1 (3; quick 1).")
     parser.add_argument("--prompts-per-relation", type=int, help="Unseen-subject prompts per relation (6; quick 2).")
-    parser.add_argument("--sample-steps", type=int, help="Denoising steps per video (30; quick 6).")
-    parser.add_argument("--guidance", type=float, default=6.0, help="Classifier-free guidance scale.")
+    parser.add_argument("--sample-steps", type=int, help="Denoising steps per video (the model's; quick 6).")
+    parser.add_argument("--guidance", type=float, help="Classifier-free guidance scale (the model's).")
     parser.add_argument("--lora-scale", type=float, default=1.0, help="Strength of the relation LoRA at generation.")
     parser.add_argument("--frames", type=int, help="Frames per clip, 6k+1 (25, the toy model's; quick 13).")
     parser.add_argument("--size", type=int, help="Frame side in pixels, multiple of 16 (96; quick 64).")
@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("exemplars", "steps", "seeds", "prompts_per_relation"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.sample_steps < 2:
+    if args.sample_steps is not None and args.sample_steps < 2:
         parser.error("--sample-steps must be at least 2 (diffusers' Mochi pipeline needs 2)")
     if (args.frames - 1) % 6 or args.frames < 7 or args.size % 16 or args.size < 32:
         parser.error("--frames must be 6k+1 (at least 7) and --size a multiple of 16 (at least 32)")
@@ -457,11 +457,13 @@ def _quiet() -> None:
 def run(args) -> dict:
     """Prepare the data, train and judge every (row, masks, seed, relation); returns the JSON-ready results."""
     from dreamrelation.generate import relation_lora
-    from dreamrelation.models import resolve_source
+    from dreamrelation.models import model_generation_defaults
 
     _quiet()
     started = time.perf_counter()
-    resolve_source(model_config(args))  # a missing model fails now, not after the data is prepared
+    # A missing model fails now, not after the data is prepared; its defaults fill the sampling left unset.
+    generation = model_generation_defaults(model_config(args)).resolve(args.sample_steps, args.guidance)
+    args.sample_steps, args.guidance = generation.steps, generation.guidance_scale
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data = {relation: prepare_data(args, relation) for relation in args.relations}
     prompts = {

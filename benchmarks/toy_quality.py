@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="toy", help="'toy' or a folder holding a saved MochiPipeline.")
     parser.add_argument("--per-relation", type=int, default=10, help="Videos per relation.")
     parser.add_argument("--seed", type=int, default=12345, help="Seed of the evaluation scenes (not training's).")
-    parser.add_argument("--steps", type=int, default=30, help="Denoising steps.")
-    parser.add_argument("--guidance", type=float, default=6.0, help="Classifier-free guidance scale.")
+    parser.add_argument("--steps", type=int, help="Denoising steps (default: the model's).")
+    parser.add_argument("--guidance", type=float, help="Classifier-free guidance scale (default: the model's).")
     parser.add_argument("--frames", type=int, default=25, help="Frames (6k+1).")
     parser.add_argument("--size", type=int, default=96, help="Frame side in pixels.")
     parser.add_argument("--hand-over", type=float, nargs="+", metavar="SIGMA",
@@ -123,6 +123,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     name = args.model if args.model == "toy" else str(Path(args.model))
     loaded = load_model(ModelConfig(name=name, device="auto"))
+    # Resolved once, so that the tables print the values every video was made with.
+    generation = loaded.generation.resolve(args.steps, args.guidance)
+    args.steps, args.guidance = generation.steps, generation.guidance_scale
     if args.hand_over:
         hand_over_table(loaded, args)
         return

@@ -20,7 +20,9 @@ from dreamrelation.config import (
     RunConfig,
     TrainConfig,
     describe_validation_error,
+    read_yaml_sections,
 )
+from dreamrelation.presets import TRAINING_PRESETS, preset_help, preset_run
 
 # flag -> (config section, field). Sections are RunConfig's attribute names; "generate" is GenerateConfig.
 MODEL_OPTIONS = {
@@ -92,7 +94,7 @@ INGEST_OPTIONS = {
     "--max-file-mb": ("ingest", "max_file_mb"),
     "--max-duration": ("ingest", "max_duration_s"),
     "--max-pixels": ("ingest", "max_pixels"),
-    "--max-caption-tokens": ("ingest", "max_caption_tokens"),
+    "--max-caption-words": ("ingest", "max_caption_words"),
 }
 MASKS_OPTIONS = {
     "--engine": ("masks", "engine"),
@@ -170,15 +172,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
-    """RunConfig from --config FILE.yaml (if given) with the command-line flags on top."""
+    """RunConfig of the --preset, then --config FILE.yaml (if given), then the command-line flags on top."""
     overrides = _overrides(args)
     if args.config is not None:
         if not Path(args.config).is_file():
             raise CliError(f"config file not found: {args.config}")
-        return RunConfig.from_yaml(args.config, **overrides)
+        return preset_run(args.preset, read_yaml_sections(args.config), overrides)
     if "data" not in overrides:
         raise CliError("--data DIR is required (or a --config file with a data section)")
-    return RunConfig.model_validate(overrides)
+    return preset_run(args.preset, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -268,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="Train a relation LoRA on a dataset folder.")
     train.add_argument("--config", type=Path, help="YAML file with model/data/method/train sections.")
+    train.add_argument("--preset", choices=list(TRAINING_PRESETS), default="paper",
+                       help=preset_help().replace("%", "%%") + " (default: %(default)s)")
     _add_options(train, TRAIN_OPTIONS)
     train.set_defaults(handler=cmd_train)
 

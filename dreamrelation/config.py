@@ -139,7 +139,10 @@ class IngestConfig(_Settings):
     max_file_mb: float = Field(500.0, gt=0, description="Largest upload accepted, in MB.")
     max_duration_s: float = Field(300.0, gt=0, description="Longest video accepted, in seconds.")
     max_pixels: int = Field(3840 * 2160, gt=0, description="Largest frame accepted (width x height).")
-    max_caption_tokens: int = Field(256, ge=1, description="Longest caption accepted, in text-encoder tokens.")
+    max_caption_words: int = Field(
+        256, ge=1, description="Longest caption accepted, in words: a check before anything is written (the "
+        "model's own token limit is checked when training or generation encodes the caption).",
+    )
 
 
 class MasksConfig(_Settings):
@@ -218,7 +221,9 @@ class MethodConfig(_Settings):
         "qk", description="Projections of the relation adapter ('qk' is the paper's; others are ablations)."
     )
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank of the relation and subject adapters.")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha of the relation and subject adapters.")
+    alpha: float | None = Field(
+        None, gt=0, description="LoRA alpha of the relation and subject adapters; None: the rank (scale 1).",
+    )
     ffn_rank: int | None = Field(None, ge=1, description="Rank of the ffn adapter; None: same as rank.")
     ffn_alpha: float | None = Field(None, gt=0, description="Alpha of the ffn adapter; None: same as alpha.")
     subject_adapters: bool = Field(True, description="Train subject1/subject2 adapters (off: relation mode only).")
@@ -231,6 +236,13 @@ class MethodConfig(_Settings):
     num_negatives: int = Field(10, ge=1, description="Negatives: the clip's own frames, then the negative bank.")
     positive_bank_size: int = Field(10, ge=1, description="FIFO size of the bank of relational dynamics.")
     negative_bank_size: int = Field(64, ge=1, description="FIFO size of the bank of single-frame features.")
+
+    @model_validator(mode="after")
+    def _alpha_is_rank(self):
+        # Filled in here, so that every reader (adapters, export, the saved config.yaml) sees one number.
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        return self
 
     @property
     def resolved_ffn_rank(self) -> int:
@@ -270,8 +282,12 @@ class GenerateConfig(_Settings):
     prompt: str = Field(..., description="What to generate, e.g. 'A bear is shaking hands with a raccoon.'")
     negative_prompt: str = Field("", description="What to steer away from.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the initial noise.")
-    steps: int = Field(64, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (at least 2).")
-    guidance_scale: float = Field(6.0, ge=0, le=50, description="Classifier-free guidance scale.")
+    steps: int | None = Field(
+        None, ge=2, le=MAX_DENOISING_STEPS, description="Denoising steps (at least 2); None: the model's default."
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0, le=50, description="Classifier-free guidance scale; None: the model's default."
+    )
     num_frames: int | None = Field(
         None, ge=1, description="Frames (the model's rule, e.g. 4k+1); None: the model's default."
     )
@@ -305,10 +321,7 @@ class RunConfig(_Settings):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    @classmethod
-    def from_yaml(cls, path: Path, **overrides: dict) -> "RunConfig":
-        """Read a YAML file and merge per-section `overrides` (e.g. train={"steps": 10}) on top."""
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        for section, values in overrides.items():
-            raw.setdefault(section, {}).update(values)
-        return cls.model_validate(raw)
+
+def read_yaml_sections(path: Path) -> dict[str, dict]:
+    """The {section: {field: value}} of a run's YAML file (as RunConfig.to_yaml writes it), unvalidated."""
+    return yaml.safe_load(Path(path).read_text()) or {}

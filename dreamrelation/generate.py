@@ -44,6 +44,13 @@ def resolve_lora_file(lora: Path) -> Path:
     return path
 
 
+def with_model_defaults(loaded: LoadedModel, config: GenerateConfig) -> GenerateConfig:
+    """`config` with the steps and guidance scale it leaves open (None) set to the model's (its folder's
+    dreamrelation.json, else its family's pipeline defaults)."""
+    resolved = loaded.generation.resolve(config.steps, config.guidance_scale)
+    return config.model_copy(update={"steps": resolved.steps, "guidance_scale": resolved.guidance_scale})
+
+
 def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int, int]:
     """(num_frames, height, width) of a request, the model's defaults filling what it leaves open.
 
@@ -87,6 +94,7 @@ def render(loaded: LoadedModel, config: GenerateConfig, callback=None) -> np.nda
     return replacement latents.
     """
     num_frames, height, width = clip_settings(loaded, config)
+    config = with_model_defaults(loaded, config)
     pipe = loaded.pipe
     output = pipe(
         prompt=config.prompt,

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from dreamrelation.models.mochi import use_batched_attention
-from dreamrelation.models.base import ClipShape, write_clip_defaults
+from dreamrelation.models.base import ClipShape, GenerationDefaults, write_clip_defaults
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import build_tiny_pipeline
 from dreamrelation.toyworld.captions import caption, prompt_subjects
@@ -316,7 +316,9 @@ def main(argv=None) -> None:
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
     train_transformer(pipe, data, captions, args, log)
     pipe.to("cpu").save_pretrained(args.output)
-    write_clip_defaults(args.output, ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS))
+    # Served at 30 steps, CFG 6: what docs/toy-model.md measures it with, seconds a video on a CPU.
+    write_clip_defaults(args.output, ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS),
+                        GenerationDefaults(steps=30, guidance_scale=6.0))
     print(f"saved the toy MochiPipeline to {args.output}")
 
 

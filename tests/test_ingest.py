@@ -196,15 +196,10 @@ def test_safe_name_is_unique_ignoring_case_and_short():
 
 def test_check_caption():
     assert check_caption("  A cat is\n hugging   a dog. ") == "A cat is hugging a dog."
-    with pytest.raises(IngestError, match="caption is 7 words long, over the limit of 5"):
-        check_caption(CAPTION + " Twice.", max_tokens=5)
-    from dreamrelation.models.tiny_random import build_tokenizer
-
-    # The tokenizer counts the full stop and its end-of-sequence token too: 6 words, 8 tokens.
-    tokenizer = build_tokenizer()
-    assert check_caption(CAPTION, tokenizer, max_tokens=8) == CAPTION
-    with pytest.raises(IngestError, match="caption is 8 tokens long, over the limit of 7 .max_caption_tokens."):
-        check_caption(CAPTION, tokenizer, max_tokens=7)
+    # Words are what whitespace separates: the 6 words of CAPTION fit 6, and a seventh is one too many.
+    assert check_caption(CAPTION, max_words=6) == CAPTION
+    with pytest.raises(IngestError, match="caption is 7 words long, over the limit of 6 .max_caption_words."):
+        check_caption(CAPTION + " Twice.", max_words=6)
 
 
 # --- the bad-input corpus ---------------------------------------------------------------------------------
@@ -284,7 +279,7 @@ BAD_UPLOADS = {
     ),
     "empty caption": (_good, " \n\t", {}, r"caption is empty; write one sentence"),
     "over-long caption": (
-        _good, "A cat " * 10, {"max_caption_tokens": 8}, r"caption is 20 words long, over the limit of 8 .*shorten it"
+        _good, "A cat " * 10, {"max_caption_words": 8}, r"caption is 20 words long, over the limit of 8 .*shorten it"
     ),
 }
 

@@ -25,7 +25,7 @@ from dreamrelation.studio.service import BASE_MODEL
 from dreamrelation.studio.training import EDITABLE, preset_values
 
 SETTING_NAMES = list(EDITABLE)
-GENERATION_STEPS = 30  # the page's default: seconds on the toy model
+DEFAULT_PRESET = "quick"  # the app's: a job of minutes on the CPU toy model (the CLI's is the paper's)
 log = logging.getLogger("dreamrelation.app")
 
 try:  # On a ZeroGPU Space a GPU is attached only for the duration of a call decorated with spaces.GPU.
@@ -143,7 +143,7 @@ def build_callbacks(studio: Studio):
         return report_outputs(report)
 
     @user_errors
-    def start_training(dataset_id: str, preset: str = "quick", steps: int | None = None,
+    def start_training(dataset_id: str, preset: str = DEFAULT_PRESET, steps: int | None = None,
                        learning_rate: float | None = None, seed: int | None = None, sample_every: int | None = None,
                        rank: int | None = None, lambda_mask: float | None = None,
                        lambda_contrastive: float | None = None, num_frames: int | None = None,
@@ -183,10 +183,10 @@ def build_callbacks(studio: Studio):
     @user_errors
     @on_zero_gpu
     def generate(relation_id: str | None = None, prompt: str | None = None, negative_prompt: str = "", seed: int = 0,
-                 steps: int = GENERATION_STEPS, guidance_scale: float = 6.0, num_frames: int | None = None,
+                 steps: int | None = None, guidance_scale: float | None = None, num_frames: int | None = None,
                  lora_scale: float = 1.0, request: gr.Request = None):
         """Generate a video of a trained relation (its job id; left out or 'base': the base model alone);
-        num_frames left out (or 0) is the model's. Returns the mp4."""
+        steps, guidance_scale and num_frames left out (num_frames 0 too) are the model's. Returns the mp4."""
         request_config = GenerateConfig.model_validate(dict(
             prompt=prompt or "", negative_prompt=negative_prompt or "", seed=seed, steps=steps,
             guidance_scale=guidance_scale, num_frames=num_frames or None, lora_scale=lora_scale,

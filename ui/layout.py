@@ -10,8 +10,9 @@ import gradio as gr
 
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
-from dreamrelation.studio.training import PRESETS, preset_values
-from ui.callbacks import GENERATION_STEPS, SETTING_NAMES, build_callbacks
+from dreamrelation.presets import TRAINING_PRESETS, preset_help
+from dreamrelation.studio.training import preset_values
+from ui.callbacks import DEFAULT_PRESET, SETTING_NAMES, build_callbacks
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
 PRIVATE = {"api_visibility": "private"}
@@ -87,9 +88,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Tab("2. Train", elem_id="tab-train"):
             # A dropdown that passes any value on: build_run names the presets (a Radio refuses others itself,
             # logging a traceback for a caller's typo).
-            preset = gr.Dropdown(list(PRESETS), value="quick", label="Preset", allow_custom_value=True,
-                                 elem_id="preset")
-            form = _settings_form(preset_values("quick"))
+            preset = gr.Dropdown(list(TRAINING_PRESETS), value=DEFAULT_PRESET, label="Preset", info=preset_help(),
+                                 allow_custom_value=True, elem_id="preset")
+            form = _settings_form(preset_values(DEFAULT_PRESET))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
                 job_id = gr.Textbox(label="Job id", elem_id="job-id")
@@ -113,8 +114,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             negative = gr.Textbox("", label="Negative prompt", elem_id="negative-prompt")
             with gr.Row():
                 seed = _value(0, "Seed", elem_id="gen-seed")
-                steps = _value(GENERATION_STEPS, "Steps", elem_id="gen-steps")
-                guidance = _value(6.0, "CFG", elem_id="gen-cfg")
+                steps = _value(studio.generation_defaults.steps, "Steps", elem_id="gen-steps")
+                guidance = _value(studio.generation_defaults.guidance_scale, "CFG", elem_id="gen-cfg")
                 frames = _value(studio.clip_defaults.num_frames, f"Frames ({studio.spec.frame_group}k+1)",
                                 elem_id="gen-frames")
                 lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")

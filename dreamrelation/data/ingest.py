@@ -111,22 +111,21 @@ def _taken_names(data_dir: Path) -> set[str]:
     return taken
 
 
-def check_caption(caption: str, tokenizer=None, max_tokens: int = 256) -> str:
+def check_caption(caption: str, max_words: int = 256) -> str:
     """Check a caption and return it tidied.
 
-    Takes the caption, optionally the text encoder's tokenizer (anything with `encode(text) -> ids`, e.g. a
-    Hugging Face tokenizer; special tokens count) and the token limit. Without a tokenizer, words are
-    counted instead. Returns the caption with its whitespace runs (newlines too) collapsed to single spaces
-    and the ends stripped. Raises IngestError when it is empty or over the limit. Whether it names two
-    subjects is the masks stage's check.
+    Takes the caption and the word limit (whitespace-separated words; the model's token limit is checked
+    where the caption is encoded, as ingestion loads no model). Returns the caption with its whitespace runs
+    (newlines too) collapsed to single spaces and the ends stripped. Raises IngestError when it is empty or
+    over the limit. Whether it names two subjects is the masks stage's check.
     """
     text = " ".join(str(caption).split())
     if not text:
         raise IngestError(f"caption is empty; write one sentence about the two subjects, e.g. {_CAPTION_EXAMPLE}")
-    count, unit = (len(tokenizer.encode(text)), "tokens") if tokenizer is not None else (len(text.split()), "words")
-    if count > max_tokens:
+    count = len(text.split())
+    if count > max_words:
         raise IngestError(
-            f"caption is {count} {unit} long, over the limit of {max_tokens} (max_caption_tokens); shorten it"
+            f"caption is {count} words long, over the limit of {max_words} (max_caption_words); shorten it"
         )
     return text
 
@@ -292,14 +291,13 @@ def ingest_video(
     config: IngestConfig,
     defaults: ClipShape,
     name: str | None = None,
-    tokenizer=None,
 ) -> IngestedClip:
     """Check one upload and write it into the dataset folder as a normalised sample.
 
     Takes the uploaded video (any container FFmpeg reads: mp4, mov, webm, mkv, avi, animated gif, ...), its
     caption, the dataset folder (created if missing), the ingest settings, the model's clip defaults (for
     settings left None), an optional dataset name (default: from the file name; made safe and unique either
-    way, see safe_name) and an optional tokenizer for the caption limit. Checks, before writing anything:
+    way, see safe_name). Checks, before writing anything:
     the file exists and is within max_file_mb, the caption (check_caption), a decodable video stream, the
     displayed size within max_pixels, the duration within max_duration_s and at least num_frames/fps
     seconds. Then picks the frame nearest each target time (frame_indices_at_fps with the config's
@@ -311,7 +309,7 @@ def ingest_video(
     shape = defaults.resolve(num_frames=config.num_frames, height=config.height, width=config.width, fps=config.fps)
     try:
         _check_file(source, config.max_file_mb)
-        caption = check_caption(caption, tokenizer, config.max_caption_tokens)
+        caption = check_caption(caption, config.max_caption_words)
         info = probe_video(source, timestamps=True)
         _check_video(info, config, shape)
         indices = frame_indices_at_fps(info.timestamps, shape.fps, shape.num_frames, config.frame_sampling)
@@ -342,7 +340,6 @@ def ingest_videos(
     data_dir: Path,
     config: IngestConfig,
     defaults: ClipShape,
-    tokenizer=None,
 ) -> tuple[list[IngestedClip], list[str]]:
     """Ingest several uploads; one bad upload never stops the others.
 
@@ -355,7 +352,7 @@ def ingest_videos(
     clips, errors = [], []
     for source, caption in items:
         try:
-            clips.append(ingest_video(source, caption, data_dir, config, defaults, tokenizer=tokenizer))
+            clips.append(ingest_video(source, caption, data_dir, config, defaults))
         except IngestError as error:
             errors.append(str(error))
     return clips, errors

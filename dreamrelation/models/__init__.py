@@ -11,7 +11,13 @@ import torch
 
 from dreamrelation.config import ASSETS_ENV, TOY_MODEL_DIR, ModelConfig
 from dreamrelation.models import memory
-from dreamrelation.models.base import ClipShape, ModelSpecification, read_clip_defaults
+from dreamrelation.models.base import (
+    ClipShape,
+    GenerationDefaults,
+    ModelSpecification,
+    read_clip_defaults,
+    read_generation_defaults,
+)
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.wan import WanSpecification
 from dreamrelation.runtime import resolve_device, resolve_dtype
@@ -40,6 +46,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     defaults: ClipShape  # the clip shape it generates and trains at unless told otherwise
+    generation: GenerationDefaults  # the steps and guidance it generates with unless told otherwise
     memory: memory.MemoryPlan  # the memory preset it was loaded with, and why
 
 
@@ -174,13 +181,19 @@ def load_model(config: ModelConfig, plan: memory.MemoryPlan | None = None, train
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
     return LoadedModel(spec=spec, pipe=pipe, source=config.name, folder=folder, device=device, dtype=dtype,
-                       defaults=defaults, memory=plan)
+                       defaults=defaults, generation=read_generation_defaults(folder, spec.generation), memory=plan)
 
 
 def model_clip_defaults(config: ModelConfig) -> ClipShape:
     """The clip shape of the model `config` names, without loading its weights (for ingesting uploads)."""
     folder = resolve_source(config)
     return read_clip_defaults(folder, specification_for(folder).defaults)
+
+
+def model_generation_defaults(config: ModelConfig) -> GenerationDefaults:
+    """The steps and guidance scale the model `config` names generates with, without loading its weights."""
+    folder = resolve_source(config)
+    return read_generation_defaults(folder, specification_for(folder).generation)
 
 
 def model_specification(config: ModelConfig) -> ModelSpecification:

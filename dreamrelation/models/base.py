@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from dreamrelation.models.memory import MemoryProfile
 
 
-# Beside model_index.json, a pipeline folder may say the clip shape it was trained at (the toy model does);
-# without it, its family's defaults apply.
+# Beside model_index.json, a pipeline folder may say the clip shape it was trained at and the steps and guidance
+# it generates well with (the toy model does); what it leaves out, its family's defaults fill.
 CLIP_DEFAULTS_FILE = "dreamrelation.json"
 
 
@@ -41,18 +41,45 @@ class ClipShape:
         return replace(self, **{name: value for name, value in given.items() if value is not None})
 
 
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The denoising steps and classifier-free guidance scale a model generates with unless told otherwise."""
+
+    steps: int
+    guidance_scale: float
+
+    def resolve(self, steps: int | None = None, guidance_scale: float | None = None) -> "GenerationDefaults":
+        """These defaults with the values that are set (not None) replaced."""
+        given = dict(steps=steps, guidance_scale=guidance_scale)
+        return replace(self, **{name: value for name, value in given.items() if value is not None})
+
+
+def _declared(folder: Path, key: str) -> dict | None:
+    """The `key` section of a pipeline folder's CLIP_DEFAULTS_FILE, None when it has none."""
+    path = Path(folder) / CLIP_DEFAULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
+
+
 def read_clip_defaults(folder: Path, family_defaults: ClipShape) -> ClipShape:
     """The clip defaults a pipeline folder declares in CLIP_DEFAULTS_FILE, else `family_defaults`."""
-    path = Path(folder) / CLIP_DEFAULTS_FILE
-    if not path.is_file():
-        return family_defaults
-    return ClipShape(**json.loads(path.read_text(encoding="utf-8"))["clip_defaults"])
+    declared = _declared(folder, "clip_defaults")
+    return family_defaults if declared is None else ClipShape(**declared)
 
 
-def write_clip_defaults(folder: Path, defaults: ClipShape) -> Path:
-    """Record the clip shape a saved pipeline was trained at (read back by read_clip_defaults); returns the file."""
+def read_generation_defaults(folder: Path, family_defaults: GenerationDefaults) -> GenerationDefaults:
+    """The generation defaults a pipeline folder declares in CLIP_DEFAULTS_FILE, else `family_defaults`."""
+    declared = _declared(folder, "generation_defaults")
+    return family_defaults if declared is None else GenerationDefaults(**declared)
+
+
+def write_clip_defaults(folder: Path, defaults: ClipShape, generation: GenerationDefaults | None = None) -> Path:
+    """Record the clip shape a saved pipeline was trained at and, when given, the generation defaults it is
+    served with (read back by read_clip_defaults and read_generation_defaults); returns the file."""
+    declared = {"clip_defaults": asdict(defaults)}
+    if generation is not None:
+        declared["generation_defaults"] = asdict(generation)
     path = Path(folder) / CLIP_DEFAULTS_FILE
-    path.write_text(json.dumps({"clip_defaults": asdict(defaults)}, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(declared, indent=1) + "\n", encoding="utf-8")
     return path
 
 
@@ -61,6 +88,7 @@ class ModelSpecification(ABC):
 
     pipeline_class_name: str
     defaults: ClipShape
+    generation: GenerationDefaults  # the family's diffusers pipeline's own call defaults
     max_num_frames: int  # the longest clip the family generates or trains on
     frame_group: int  # clips have 1 + k * frame_group frames (the VAE's causal time compression)
     side_multiple: int = 16  # heights and widths are multiples of this (VAE space factor x patch size)

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from dreamrelation.models.memory import MemoryProfile
-from dreamrelation.models.base import ClipShape, ModelSpecification
+from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
 
 
 class MochiSpecification(ModelSpecification):
     pipeline_class_name = "MochiPipeline"
     defaults = ClipShape(num_frames=61, height=480, width=848, fps=30)
+    generation = GenerationDefaults(steps=64, guidance_scale=4.5)  # MochiPipeline.__call__'s
     max_num_frames = 163  # 5.4 s at 30 fps, the longest clip Mochi-1 was trained on
     frame_group = 6
     projections = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from dreamrelation.models.memory import MemoryProfile
-from dreamrelation.models.base import ClipShape, ModelSpecification
+from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 
@@ -24,6 +24,7 @@ MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 class WanSpecification(ModelSpecification):
     pipeline_class_name = "WanPipeline"
     defaults = ClipShape(num_frames=81, height=480, width=832, fps=16)
+    generation = GenerationDefaults(steps=50, guidance_scale=5.0)  # WanPipeline.__call__'s
     max_num_frames = 81  # 5 s at 16 fps, the clip length Wan 2.1 was trained on
     frame_group = 4
     # Projections are relative to a block: its two attention modules each carry part of a role.

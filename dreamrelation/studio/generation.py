@@ -47,12 +47,13 @@ class Generator:
         `relation` (JSON-ready: which relation, by id and name) is saved with the request's settings.
         Returns the record. The LoRA is never fused: the pipeline outlives the request.
         """
-        from dreamrelation.generate import generate
+        from dreamrelation.generate import generate, with_model_defaults
 
-        request = request.model_copy(update={"fuse_lora": False})
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             loaded = self.loaded()
+            # Saved with the values it ran with, not None: the gallery shows what made each video.
+            request = with_model_defaults(loaded, request).model_copy(update={"fuse_lora": False})
             number = len(list(folder.glob("*.mp4")))
             output = folder / f"{number:04d}.mp4"
             generate(self.model, lora_file, request, output, loaded=loaded)  # leaves the pipeline as it was

@@ -13,8 +13,8 @@ from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_statu
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
-from dreamrelation.models import model_clip_defaults, model_specification
-from dreamrelation.models.base import ClipShape, ModelSpecification
+from dreamrelation.models import model_clip_defaults, model_generation_defaults, model_specification
+from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
 from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
@@ -54,6 +54,11 @@ class Studio:
     def clip_defaults(self) -> ClipShape:
         """The clip shape the base model trains and generates at by default."""
         return model_clip_defaults(self.model)
+
+    @cached_property
+    def generation_defaults(self) -> GenerationDefaults:
+        """The steps and guidance scale the base model generates with by default (the generation tab's)."""
+        return model_generation_defaults(self.model)
 
     @property
     def on_gpu(self) -> bool:

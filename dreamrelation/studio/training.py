@@ -1,20 +1,12 @@
-"""Training settings the app offers: presets over RunConfig and the few values a user may change."""
+"""Training settings the app offers: the library's presets and the few values a user may change."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dreamrelation.config import ModelConfig, RunConfig
+from dreamrelation.presets import preset_run
 
-# Overrides of RunConfig's defaults per preset. "paper" is RunConfig's own defaults (the paper's settings);
-# "quick" trains a usable toy relation in minutes on a CPU.
-PRESETS: dict[str, dict[str, dict]] = {
-    "quick": {
-        "train": {"steps": 150, "learning_rate": 5e-4, "warmup_steps": 10, "checkpoint_every": 25},
-        "method": {"rank": 8, "alpha": 8.0},
-    },
-    "paper": {},
-}
 # What the settings form shows: (section, field) of RunConfig by form name.
 EDITABLE = {
     "steps": ("train", "steps"),
@@ -33,20 +25,15 @@ EDITABLE = {
 def build_run(model: ModelConfig, data_dir: Path, preset: str, settings: dict | None = None) -> RunConfig:
     """The RunConfig of a training job: RunConfig defaults, then the preset, then `settings` (form names of
     EDITABLE; None values keep the preset's). Raises ValueError for an unknown preset or setting, and
-    pydantic's ValidationError for a bad value. The rank also sets alpha (alpha = rank keeps scale 1)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    sections: dict[str, dict] = {key: dict(values) for key, values in PRESETS[preset].items()}
+    pydantic's ValidationError for a bad value."""
+    sections: dict[str, dict] = {"model": model.model_dump(mode="json"), "data": {"data_dir": str(data_dir)}}
     for name, value in (settings or {}).items():
         if name not in EDITABLE:
             raise ValueError(f"unknown training setting {name!r}")
         if value is not None:
             section, field = EDITABLE[name]
             sections.setdefault(section, {})[field] = value
-    if "rank" in (settings or {}) and settings["rank"] is not None:
-        sections["method"]["alpha"] = float(settings["rank"])
-    data = {"data_dir": str(data_dir), **sections.pop("data", {})}
-    return RunConfig.model_validate({"model": model.model_dump(mode="json"), "data": data, **sections})
+    return preset_run(preset, sections)
 
 
 def preset_values(preset: str) -> dict:
