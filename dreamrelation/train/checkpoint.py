@@ -3,7 +3,7 @@ the newest K kept. `state.pt` holds what every process shares (adapters, optimiz
 config); `rank<R>.pt` what each process owns (its random generators and contrastive banks).
 
 Why not `accelerator.save_state` with `register_for_checkpointing`: it saves the whole model's state dict (the
-frozen base too, tens of GB for Mochi, where the adapters are megabytes), writes straight into its folder (a
+frozen base too, tens of GB for a full-size base, where the adapters are megabytes), writes straight into its folder (a
 run killed mid-write leaves a half checkpoint that looks complete), and saves registered objects from the main
 process only, so each rank's own generator and contrastive banks would be lost; exact resume needs all three.
 """
