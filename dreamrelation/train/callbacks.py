@@ -17,7 +17,18 @@ from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from dreamrelation.config import RunConfig
-    from dreamrelation.train.trainer import TrainResult
+
+
+@dataclass
+class TrainResult:
+    """What a run did: where it wrote, its LoRA, the steps done, every step's loss in this call, and the clips
+    this call encoded (0 when the cache had them all); `train` returns it and `on_done` hears it."""
+
+    output_dir: Path
+    lora_path: Path
+    steps: int
+    losses: list[float]
+    encoded_clips: int
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,10 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamrelation.train.callbacks import StepReport, TrainerCallback
+from dreamrelation.train.callbacks import StepReport, TrainerCallback, TrainResult
 
 if TYPE_CHECKING:
     from dreamrelation.config import RunConfig
-    from dreamrelation.train.trainer import TrainResult
 
 # Whole iterations (step, checkpoint, sample) of the last few: a median of them is an ETA that neither a slow
 # first step nor an occasional checkpoint throws off.

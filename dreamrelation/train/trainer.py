@@ -40,19 +40,10 @@ from dreamrelation.models.base import ModelSpecification
 from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
 from dreamrelation.train import checkpoint as ckpt
-from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback
+from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback, TrainResult
 from dreamrelation.train.progress import ProgressRecorder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    lora_path: Path
-    steps: int
-    losses: list[float]  # total loss of every step run in this call
-    encoded_clips: int  # clips encoded by this call (0 when the cache had them all)
 
 
 @dataclass
