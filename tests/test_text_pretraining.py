@@ -17,12 +17,18 @@ from dreamrelation.toyworld.text_pretraining import (
 )
 
 
+def random_toy_t5():
+    """The random T5 and word-level tokenizer scripts/train_toy_base.py starts the toy model from (its seed 0)."""
+    from dreamrelation.models.tiny_random import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0, size="toy")
+    return pipe.text_encoder.eval(), pipe.tokenizer
+
+
 @pytest.fixture()
 def shipped():
-    """The embedded toy model's frozen random T5 and its word-level tokenizer."""
-    return T5EncoderModel.from_pretrained(TOY_MODEL_DIR / "text_encoder"), AutoTokenizer.from_pretrained(
-        TOY_MODEL_DIR / "tokenizer"
-    )
+    """The toy model's T5 before its text pretraining, and its tokenizer."""
+    return random_toy_t5()
 
 
 def test_pretraining_lets_a_linear_probe_tell_subject_1_from_subject_2(shipped):
@@ -33,6 +39,12 @@ def test_pretraining_lets_a_linear_probe_tell_subject_1_from_subject_2(shipped):
     after = role_probe_accuracy(text_encoder, tokenizer, train, held_out)
     print(f"role probe on held-out captions: {before:.3f} random -> {after:.3f} pretrained; {metrics}")
     assert before < 0.95 <= after
+
+
+def test_the_shipped_toy_models_t5_carries_each_tokens_role():
+    text_encoder = T5EncoderModel.from_pretrained(TOY_MODEL_DIR / "text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR / "tokenizer")
+    assert role_probe_accuracy(text_encoder, tokenizer, *split_held_out(grammar_captions())) >= 0.95
 
 
 def test_the_pretrained_encoder_stays_a_stock_t5_that_round_trips(shipped, tmp_path):
@@ -49,7 +61,7 @@ def test_the_pretrained_encoder_stays_a_stock_t5_that_round_trips(shipped, tmp_p
     with torch.no_grad():
         assert torch.equal(text_encoder(**tokens).last_hidden_state, loaded(**tokens).last_hidden_state)
     # Seeded: the same start and seed give the same weights.
-    again = T5EncoderModel.from_pretrained(TOY_MODEL_DIR / "text_encoder")
+    again, _ = random_toy_t5()
     pretrain_text_encoder(again, tokenizer, steps=3, seed=1)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in text_encoder.state_dict().items())
 
