@@ -47,10 +47,12 @@ import subprocess
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
+
+from dreamrelation.models.memory import patch_sizes
 
 CONFIGS = {
     "a": ("plain LoRA", dict(mode="direct-lora", contrastive=False, mask_loss=False)),
@@ -335,12 +337,6 @@ def latent_shape(args: argparse.Namespace, transformer: torch.nn.Module) -> tupl
     return config.in_channels, (args.frames - 1) // spec.frame_group + 1, args.height // space, args.width // space
 
 
-def patch_sizes(config) -> tuple[int, int, int]:
-    """(time, height, width) patch of a transformer config: Mochi's int patch is spatial only, Wan's a triple."""
-    patch = config.patch_size
-    return (1, patch, patch) if isinstance(patch, int) else tuple(patch)
-
-
 def blob_masks(shape: tuple[int, int, int, int], generator: torch.Generator) -> torch.Tensor:
     """(2, F', H', W') subject masks in [0, 1]: two Gaussian blobs, each moving on a straight line."""
     _, frames, height, width = shape
@@ -452,7 +448,7 @@ def measure(args: argparse.Namespace) -> dict:
     )
     adapters = list(transformer.peft_config)
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)  # every adapter is active now
-    estimate = estimated_peak(args, transformer, shape, trainable, dtype)
+    estimate = estimated_peak(args, transformer, trainable, dtype)
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     seconds, per_mode = [], {mode.name: [] for mode in training.modes}
@@ -490,7 +486,7 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
-def estimated_peak(args: argparse.Namespace, transformer: torch.nn.Module, shape, trainable: int, dtype: torch.dtype):
+def estimated_peak(args: argparse.Namespace, transformer: torch.nn.Module, trainable: int, dtype: torch.dtype):
     """dreamrelation.models.memory's estimate of this step's peak (no encoders: the data is already cached), from the
     transformer with its adapters (frozen parameters are the base's); a MemoryEstimate."""
     from dreamrelation.models import memory
@@ -503,9 +499,9 @@ def estimated_peak(args: argparse.Namespace, transformer: torch.nn.Module, shape
         largest_block=max(sum(p.numel() for p in b.parameters() if not p.requires_grad) for b in blocks),
         blocks=len(blocks), width=config.num_attention_heads * config.attention_head_dim, encoders=0,
     )
-    pt, ph, pw = patch_sizes(config)
-    _, frames, height, width = shape
-    tokens = memory.ClipTokens(latent=(frames // pt) * (height // ph) * (width // pw), text=preset.text_len, pixels=0)
+    space = preset.spec.side_multiple // patch_sizes(config)[-1]
+    clip = memory.clip_tokens(config, space, preset.spec.frame_group, preset.text_len, args.frames, args.height, args.width)
+    tokens = replace(clip, pixels=0)  # the clips are cached: no VAE runs in these steps
     return memory.estimate_memory(
         size, preset.spec.memory_profile, tokens, args.memory, training=True,
         gradient_checkpointing=preset.checkpointing or args.memory == "offload", adapter_parameters=trainable,

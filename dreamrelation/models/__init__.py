@@ -142,7 +142,7 @@ def plan_memory(
             space, time = spec.latent_factors(pipe)
             measured["size"] = memory.model_size(pipe, spec.block_lists)
             measured["adapters"] = adapter_parameters(pipe.transformer) if training else 0
-            measured["tokens"] = memory.clip_tokens(pipe, space, time, spec.max_text_length(pipe),
+            measured["tokens"] = memory.clip_tokens(pipe.transformer.config, space, time, spec.max_text_length(pipe),
                                                     shape.num_frames, shape.height, shape.width)
         return memory.estimate_memory(
             measured["size"], spec.memory_profile, measured["tokens"], preset, training=training,

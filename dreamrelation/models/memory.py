@@ -239,11 +239,16 @@ def model_size(pipe, block_lists: tuple[str, ...]) -> ModelSize:
     )
 
 
-def clip_tokens(pipe, space: int, time: int, text_tokens: int, num_frames: int, height: int, width: int) -> ClipTokens:
-    """The ClipTokens of a num_frames x height x width clip for a transformer whose VAE compresses by
-    `space` and `time` (causal: 1 + (F - 1) / time latent frames) and whose patches are its config's."""
-    patch = pipe.transformer.config.patch_size
-    patch_t, patch_h, patch_w = patch if isinstance(patch, (tuple, list)) else (1, patch, patch)
+def patch_sizes(config) -> tuple[int, int, int]:
+    """(time, height, width) patch of a transformer config: Mochi's int patch is spatial only, Wan's a triple."""
+    patch = config.patch_size
+    return (1, patch, patch) if isinstance(patch, int) else tuple(patch)
+
+
+def clip_tokens(config, space: int, time: int, text_tokens: int, num_frames: int, height: int, width: int) -> ClipTokens:
+    """The ClipTokens of a num_frames x height x width clip for a transformer (its `config`) whose VAE compresses
+    by `space` and `time` (causal: 1 + (F - 1) / time latent frames)."""
+    patch_t, patch_h, patch_w = patch_sizes(config)
     latent_frames = 1 + (num_frames - 1) // time
     latent = (latent_frames // patch_t) * (height // space // patch_h) * (width // space // patch_w)
     return ClipTokens(latent=latent, text=text_tokens, pixels=num_frames * height * width)
