@@ -240,7 +240,7 @@ def model_size(pipe, block_lists: tuple[str, ...]) -> ModelSize:
 
 
 def patch_sizes(config) -> tuple[int, int, int]:
-    """(time, height, width) patch of a transformer config: Mochi's int patch is spatial only, Wan's a triple."""
+    """(time, height, width) patch of a transformer config: an int patch is spatial only, a triple is all three."""
     patch = config.patch_size
     return (1, patch, patch) if isinstance(patch, int) else tuple(patch)
 
