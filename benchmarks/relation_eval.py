@@ -12,7 +12,9 @@ For each relation (default: the held-out ones, "orbits" and "jumps_over", which 
    diffusers, several seeds;
 4. judge every video (dreamrelation.toyworld.judges): relation accuracy (the right relation with the prompt's
    first subject as the actor), appearance accuracy (both prompted colours present with the prompted shapes)
-   and appearance leak (an exemplar subject the prompt did not ask for shows up).
+   and appearance leak (an exemplar subject the prompt did not ask for shows up);
+5. and, apart, the fit: the same LoRA prompted with the exemplars' own caption ("A red square orbits a blue
+   square."), judged for the relation: a LoRA must reproduce its exemplars' motion before it can carry it anywhere.
 
 A seed is a full replicate: training seed s and generation seeds derived from s, over the same prompts; the
 table gives each measure as mean ± standard deviation over seeds (0 with one seed), and the videos judged.
@@ -116,11 +118,12 @@ SETTINGS = {
     "steps": (400, 20),
     "seeds": (3, 1),
     "prompts_per_relation": (6, 2),
+    "fit_prompts": (2, 1),
     "sample_steps": (None, 6),  # None: the model's
     "frames": (DEFAULT_FRAMES, 13),
     "size": (DEFAULT_SIZE, 64),
 }
-COLUMNS = ("relation_accuracy", "appearance_accuracy", "appearance_leak")
+COLUMNS = ("relation_accuracy", "appearance_accuracy", "appearance_leak", "fit_accuracy")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -141,6 +144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=TrainConfig().learning_rate, help="Training learning rate.")
     parser.add_argument("--seeds", type=int, help="Replicates, seeds 0..N-1 (3; quick 1).")
     parser.add_argument("--prompts-per-relation", type=int, help="Unseen-subject prompts per relation (6; quick 2).")
+    parser.add_argument("--fit-prompts", type=int, help="Videos per relation and seed on the exemplars' own caption "
+                        "(the fit column; 2; quick 1).")
     parser.add_argument("--sample-steps", type=int, help="Denoising steps per video (the model's; quick 6).")
     parser.add_argument("--guidance", type=float, help="Classifier-free guidance scale (the model's).")
     parser.add_argument("--lora-scale", type=float, default=1.0, help="Strength of the relation LoRA at generation.")
@@ -162,7 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if not args.relations or not args.rows:
         parser.error("name at least one relation and one row")
-    for name in ("exemplars", "steps", "seeds", "prompts_per_relation"):
+    for name in ("exemplars", "steps", "seeds", "prompts_per_relation", "fit_prompts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.sample_steps is not None and args.sample_steps < 2:
@@ -340,23 +345,24 @@ def judge_video(frames: np.ndarray, relation: str, first: Subject, second: Subje
 
 
 def generate_and_judge(
-    args, loaded, relation: str, prompts, seed: int, exemplar_subjects, video_dir: Path | None
+    args, loaded, relation: str, prompts, seed: int, exemplar_subjects, video_dir: Path | None, kind: str = "unseen"
 ) -> list[dict]:
-    """Generate every prompt once with generation seed 1000*seed + prompt index; returns one record per video."""
+    """Generate every prompt once with generation seed 1000*seed + prompt index (+ 500 for kind 'fit', the
+    exemplars' own caption); returns one record per video, its "kind" set."""
     from dreamrelation.generate import render
 
     records = []
     for index, (prompt, first, second) in enumerate(prompts):
         request = GenerateConfig(
-            prompt=prompt, seed=1000 * seed + index, steps=args.sample_steps, guidance_scale=args.guidance,
+            prompt=prompt, seed=1000 * seed + index + (500 if kind == "fit" else 0), steps=args.sample_steps, guidance_scale=args.guidance,
             num_frames=args.frames, height=args.size, width=args.size,
         )
         frames = render(loaded, request)
         if video_dir is not None:
             from dreamrelation.data.video import write_video
 
-            write_video(video_dir / f"{index:02d}.mp4", frames, fps=24)
-        record = {"relation": relation, "seed": seed, "prompt": prompt, "generation_seed": request.seed}
+            write_video(video_dir / f"{kind}-{index:02d}.mp4", frames, fps=24)
+        record = {"kind": kind, "relation": relation, "seed": seed, "prompt": prompt, "generation_seed": request.seed}
         records.append(record | judge_video(frames, relation, first, second, exemplar_subjects))
     return records
 
@@ -372,11 +378,12 @@ def _mean_spread(values: Sequence[float]) -> dict:
 
 
 def aggregate(records: list[dict], seeds: Sequence[int], relations: Sequence[str]) -> dict:
-    """Per-seed means of the three measures (and relation accuracy per relation), then mean ± spread over seeds."""
-    def per_seed(key: str, keep=lambda r: True) -> list[float]:
+    """Per-seed means of the measures on unseen-subject prompts (and relation accuracy per relation) and of the
+    fit (relation accuracy on the exemplars' own caption), then mean ± spread over seeds."""
+    def per_seed(key: str, keep=lambda r: True, kind: str = "unseen") -> list[float]:
         means = []
         for seed in seeds:
-            chosen = [r[key] for r in records if r["seed"] == seed and keep(r)]
+            chosen = [r[key] for r in records if r["seed"] == seed and r["kind"] == kind and keep(r)]
             means.append(float(np.mean(chosen)) if chosen else float("nan"))
         return means
 
@@ -384,11 +391,13 @@ def aggregate(records: list[dict], seeds: Sequence[int], relations: Sequence[str
         "relation_accuracy": _mean_spread(per_seed("relation_ok")),
         "appearance_accuracy": _mean_spread(per_seed("appearance_ok")),
         "appearance_leak": _mean_spread(per_seed("leak")),
+        "fit_accuracy": _mean_spread(per_seed("relation_ok", kind="fit")),
         "relation_accuracy_by_relation": {
             relation: _mean_spread(per_seed("relation_ok", lambda r, rel=relation: r["relation"] == rel))
             for relation in relations
         },
-        "videos": len(records),
+        "videos": sum(r["kind"] == "unseen" for r in records),
+        "fit_videos": sum(r["kind"] == "fit" for r in records),
     }
 
 
@@ -399,8 +408,8 @@ def _cell(stat: dict) -> str:
 def format_table(results: list[dict], args, header: str) -> str:
     """The markdown table: one line per (row, masks) with every measure as mean ± spread and the video count."""
     relation_columns = [f"rel. acc. {relation}" for relation in args.relations]
-    columns = ["row", "masks", "relation acc. (roles)", *relation_columns, "appearance acc.", "appearance leak"]
-    columns.append("videos")
+    columns = ["row", "masks", "relation acc. (roles)", *relation_columns, "appearance acc.", "appearance leak",
+               "fit (exemplar caption)", "videos"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in results:
         stats = result["metrics"]
@@ -411,7 +420,8 @@ def format_table(results: list[dict], args, header: str) -> str:
             *(_cell(stats["relation_accuracy_by_relation"][relation]) for relation in args.relations),
             _cell(stats["appearance_accuracy"]),
             _cell(stats["appearance_leak"]),
-            str(stats["videos"]),
+            _cell(stats["fit_accuracy"]),
+            f"{stats['videos']} + {stats['fit_videos']}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -423,7 +433,8 @@ def settings_line(args, exemplar_subjects: dict[str, Sequence[str]]) -> str:
     return (
         f"**relation_eval** — model `{args.model}`; relations {', '.join(args.relations)}; {args.exemplars} exemplar "
         f"videos each ({pairs}); masks {args.masks}; {args.steps} training steps at lr {args.lr:g}; seeds "
-        f"0..{args.seeds - 1}; {args.prompts_per_relation} unseen-subject prompts per relation; {args.frames} frames "
+        f"0..{args.seeds - 1}; {args.prompts_per_relation} unseen-subject prompts per relation (+ {args.fit_prompts} "
+        f"on the exemplars' caption for the fit); {args.frames} frames "
         f"at {args.size}x{args.size}; {args.sample_steps} sampling steps, CFG {args.guidance:g}, LoRA scale "
         f"{args.lora_scale:g}. ± = standard deviation over seeds."
     )
@@ -492,12 +503,15 @@ def run(args) -> dict:
         exemplar_subjects = data[relation]["subjects"]
         with relation_lora(loaded, None if row.method is None else lora, args.lora_scale):
             found = generate_and_judge(args, loaded, relation, prompts[relation], seed, exemplar_subjects, video_dir)
+            own = data[relation]["captions"][0]
+            fit = [(own, *exemplar_subjects)] * args.fit_prompts
+            found += generate_and_judge(args, loaded, relation, fit, seed, exemplar_subjects, video_dir, kind="fit")
         timing["generate_s"] += time.perf_counter() - tick
         records.setdefault(key, []).extend(found)
         del loaded  # a trained row's pipeline is freed before the next loads (gc.collect() would cost 0.3 s a row)
         elapsed = time.perf_counter() - started
         eta = elapsed / done * (len(units) - done)
-        accuracy = np.mean([r["relation_ok"] for r in found])
+        accuracy = np.mean([r["relation_ok"] for r in found if r["kind"] == "unseen"])
         print(f"[{done}/{len(units)}] {row.name} masks={masks} seed={seed} {relation}: relation acc. {accuracy:.2f} "
               f"({elapsed:.0f} s elapsed, ~{eta:.0f} s left)", file=sys.stderr, flush=True)
 

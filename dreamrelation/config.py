@@ -227,6 +227,11 @@ class MethodConfig(_Settings):
     ffn_rank: int | None = Field(None, ge=1, description="Rank of the ffn adapter; None: same as rank.")
     ffn_alpha: float | None = Field(None, gt=0, description="Alpha of the ffn adapter; None: same as alpha.")
     subject_adapters: bool = Field(True, description="Train subject1/subject2 adapters (off: relation mode only).")
+    relation_share: float | None = Field(
+        None, gt=0, le=1,
+        description="Share of steps in relation mode, the rest split between the subject modes; None: every mode "
+        "equally often (the paper's: a third each).",
+    )
     mask_loss: bool = Field(True, description="Weight the loss with the subject/relation masks (hybrid masks).")
     lambda_mask: float = Field(50.0, ge=0, description="λ_m: weight of the masked term, loss·(1 + λ_m·m²).")
     contrastive: bool = Field(True, description="Add the space-time relational contrastive loss.")
@@ -262,6 +267,15 @@ class TrainConfig(_Settings):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(200, ge=0, description="Linear warm-up steps (capped at 10% of steps), then cosine.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of training on the empty caption.")
+    sigma_sampling: Literal["uniform", "logit-normal", "shifted"] = Field(
+        "uniform",
+        description="How each step draws its noise level σ: 'uniform' (the method's), 'logit-normal' "
+        "(sigmoid of a normal: sigma_logit_mean, sigma_logit_std) or 'shifted' (uniform, then "
+        "shift·σ/(1+(shift−1)·σ) with sigma_shift); the last two put more steps at high noise, where layouts form.",
+    )
+    sigma_logit_mean: float = Field(0.0, description="Mean of the normal under 'logit-normal' σ sampling.")
+    sigma_logit_std: float = Field(1.0, gt=0, description="Standard deviation of the normal under 'logit-normal'.")
+    sigma_shift: float = Field(3.0, gt=0, description="The shift of 'shifted' σ sampling (1: uniform).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random choice in training.")
     max_grad_norm: float | None = Field(
         None, gt=0, description="Clip the adapters' gradient norm to this before each step; None: no clipping, as "

@@ -25,7 +25,11 @@ def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
         for column in results["columns"]:
             assert set(metrics[column]) == {"mean", "spread", "per_seed"} and len(metrics[column]["per_seed"]) == 1
         assert set(metrics["relation_accuracy_by_relation"]) == set(relations)
-        assert metrics["videos"] == len(row["videos"]) == 2 * len(relations)
+        assert metrics["videos"] == 2 * len(relations) and metrics["fit_videos"] == len(relations)
+        assert [v["kind"] for v in row["videos"]] == (["unseen"] * 2 + ["fit"]) * len(relations)
+        # The fit prompts are the exemplars' own caption.
+        assert {v["prompt"] for v in row["videos"] if v["kind"] == "fit"} == {
+            info["captions"][0] for info in results["exemplars"].values()}
         assert all(set(v) >= {"prompt", "verdict", "relation_ok", "appearance_ok", "leak"} for v in row["videos"])
     for info in results["exemplars"].values():
         # Prompts name subjects the exemplars never show.
@@ -35,10 +39,10 @@ def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
     lines = table.splitlines()
     header = next(line for line in lines if line.startswith("| row |"))
     for column in ("masks", "relation acc. (roles)", "rel. acc. orbits", "rel. acc. jumps_over", "appearance acc.",
-                   "appearance leak", "videos"):
+                   "appearance leak", "fit (exemplar caption)", "videos"):
         assert f"| {column} |" in header
     body = [line for line in lines if line.startswith("| ") and line != header]
     assert [(cells[0], cells[1]) for cells in (line.strip("| ").split(" | ") for line in body)] == [
         (script.ROWS[name].label, masks) for name, masks in expected
     ]
-    assert all(line.count("±") == 5 for line in body)
+    assert all(line.count("±") == 6 for line in body)

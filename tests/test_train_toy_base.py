@@ -20,6 +20,7 @@ def test_quick_run_saves_a_loadable_pipeline_and_resumes(tmp_path, cache_dir):
     script.main(argv)
     phases = [json.loads(line)["phase"] for line in (work / "loss.jsonl").read_text().splitlines()]
     assert phases.count("text") == 3 and phases.count("vae") == 2 and phases.count("transformer") == 3
+    assert phases.count("decoder") == 2
     vae_config = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae_config["latents_mean"]) == 12 and len(vae_config["latents_std"]) == 12
     declared = json.loads((out / "dreamrelation.json").read_text())
@@ -70,6 +71,29 @@ def test_reuse_vae_skips_vae_training_and_saves_the_reused_vae(tmp_path):
     assert "vae" not in phases and phases.count("transformer") == 3
     assert not (work / "vae.pt").exists()
     reused, saved = (AutoencoderKLMochi.from_pretrained(folder, subfolder="vae") for folder in (first, out))
-    assert all(torch.equal(saved.state_dict()[k], v) for k, v in reused.state_dict().items())
+    # The decoder phase fine-tunes the decoder alone: every other weight is the reused VAE's.
+    kept = {k: torch.equal(saved.state_dict()[k], v) for k, v in reused.state_dict().items()}
+    assert all(same for k, same in kept.items() if not k.startswith("decoder."))
+    assert not all(same for k, same in kept.items() if k.startswith("decoder."))
     for key in ("latents_mean", "latents_std", "scaling_factor"):
         assert saved.config[key] == reused.config[key]
+
+
+def test_reuse_transformer_fine_tunes_only_the_decoder(tmp_path):
+    from diffusers import AutoencoderKLMochi, MochiTransformer3DModel
+    from transformers import T5EncoderModel
+
+    script = load_script("scripts/train_toy_base.py")
+    first = tmp_path / "first"
+    script.main(["--quick", "--output", str(first), "--work-dir", str(tmp_path / "work1")])
+    out, work = tmp_path / "second", tmp_path / "work2"
+    script.main(["--quick", "--seed", "1", "--reuse-vae", str(first), "--reuse-transformer", str(first),
+                 "--output", str(out), "--work-dir", str(work)])
+    phases = [json.loads(line)["phase"] for line in (work / "loss.jsonl").read_text().splitlines()]
+    assert phases == ["decoder"] * 2
+    for model, subfolder in ((MochiTransformer3DModel, "transformer"), (T5EncoderModel, "text_encoder")):
+        reused, saved = (model.from_pretrained(folder, subfolder=subfolder).state_dict() for folder in (first, out))
+        assert all(torch.equal(saved[k], v) for k, v in reused.items())
+    reused, saved = (AutoencoderKLMochi.from_pretrained(folder, subfolder="vae").state_dict() for folder in (first, out))
+    assert all(torch.equal(saved[k], v) for k, v in reused.items() if k.startswith("encoder."))
+    assert not all(torch.equal(saved[k], v) for k, v in reused.items() if k.startswith("decoder."))

@@ -12,6 +12,7 @@ Adapter outputs add up (`y = W x + sum_active (alpha/r) B A x`); masks never gat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,16 @@ def training_modes(method: MethodConfig) -> list[TrainingMode]:
         TrainingMode("subject1", ("subject1", "ffn"), "subject1" if method.mask_loss else None),
         TrainingMode("subject2", ("subject2", "ffn"), "subject2" if method.mask_loss else None),
     ]
+
+
+def draw_mode(modes: Sequence[TrainingMode], method: MethodConfig, generator: torch.Generator) -> TrainingMode:
+    """This step's mode: uniform over `modes` (the paper's draw), or relation mode with probability
+    `method.relation_share` and otherwise one subject mode, uniformly (docs/method.md §2)."""
+    if method.relation_share is None or len(modes) == 1:
+        return modes[int(torch.randint(len(modes), (1,), generator=generator))]
+    if float(torch.rand((), generator=generator)) < method.relation_share:
+        return modes[0]
+    return modes[1 + int(torch.randint(len(modes) - 1, (1,), generator=generator))]
 
 
 def add_adapters(transformer: torch.nn.Module, spec: ModelSpecification, method: MethodConfig) -> list[str]:

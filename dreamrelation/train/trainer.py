@@ -30,6 +30,7 @@ from dreamrelation.method.adapters import (
     activate_adapters,
     adapter_parameter_count,
     add_adapters,
+    draw_mode,
     exported_adapters,
     training_modes,
 )
@@ -41,6 +42,7 @@ from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
 from dreamrelation.train import checkpoint as ckpt
 from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback, TrainResult
+from dreamrelation.train.noise_levels import sample_sigmas
 from dreamrelation.train.progress import ProgressRecorder
 
 logger = logging.getLogger(__name__)
@@ -212,8 +214,7 @@ def prepare_training(
         vae_config=vae_config,
         dtype=dtype,
         method=method,
-        caption_dropout=train.caption_dropout,
-        max_grad_norm=train.max_grad_norm,
+        train=train,
         accelerator=accelerator,
     )
     latest = ckpt.latest_checkpoint(train.output_dir) if train.resume else None
@@ -229,7 +230,7 @@ def advance(training: Training) -> tuple[TrainingMode, dict[str, float]]:
     Returns the mode and the step's loss terms.
     """
     state = training.state
-    mode = training.modes[int(torch.randint(len(training.modes), (1,), generator=state.mode_generator))]
+    mode = draw_mode(training.modes, training.ctx.method, state.mode_generator)
     terms = train_step(training.ctx, mode, state)
     training.lr_schedule.step()
     state.step += 1
@@ -248,15 +249,14 @@ class StepContext:
     vae_config: object  # latent statistics of the VAE the clips were encoded with
     dtype: torch.dtype
     method: MethodConfig
-    caption_dropout: float
-    max_grad_norm: float | None  # None: no clipping (docs/method.md §5)
+    train: TrainConfig  # caption dropout, gradient clipping, noise-level sampling
     accelerator: Accelerator
 
 
 def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[str, float]:
     """One optimizer step in one hybrid-mask mode; returns the loss terms as floats."""
     method, generator = ctx.method, state.data_generator
-    batch = _draw_batch(ctx.dataset, ctx.caption_dropout, generator, ctx.accelerator.device)
+    batch = _draw_batch(ctx.dataset, ctx.train.caption_dropout, generator, ctx.accelerator.device)
     activate_adapters(ctx.transformer, mode.adapters)
 
     # Flow matching on the cached VAE posterior: z_sigma = (1 - sigma) z0 + sigma noise, target z0 - noise.
@@ -265,7 +265,7 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     posterior = randn_tensor(mean.shape, generator, mean.device, mean.dtype)
     latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * posterior)
     noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
-    sigmas = torch.rand(latents.shape[0], generator=generator).to(latents.device)
+    sigmas = sample_sigmas(ctx.train, latents.shape[0], generator).to(latents.device)
     pred, target = ctx.spec.training_forward(
         ctx.model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
     )
@@ -276,8 +276,8 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
 
     ctx.accelerator.backward(loss)
-    if ctx.max_grad_norm is not None:
-        ctx.accelerator.clip_grad_norm_(ctx.model.parameters(), ctx.max_grad_norm)
+    if ctx.train.max_grad_norm is not None:
+        ctx.accelerator.clip_grad_norm_(ctx.model.parameters(), ctx.train.max_grad_norm)
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     if state.contrastive:

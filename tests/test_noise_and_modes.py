@@ -1,0 +1,51 @@
+"""Noise-level sampling and the training-mode draw, against hand computations."""
+
+import collections
+
+import pytest
+import torch
+
+from dreamrelation.config import MethodConfig, TrainConfig
+from dreamrelation.method.adapters import draw_mode, training_modes
+from dreamrelation.train.noise_levels import sample_sigmas, shift_sigmas
+
+
+def test_uniform_sigmas_are_the_generators_plain_uniform_draw():
+    drawn = sample_sigmas(TrainConfig(), 5, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, torch.rand(5, generator=torch.Generator().manual_seed(3)))
+
+
+def test_shifted_sigmas_apply_the_flow_shift_to_the_uniform_draw():
+    train = TrainConfig(sigma_sampling="shifted", sigma_shift=3.0)
+    drawn = sample_sigmas(train, 5, torch.Generator().manual_seed(3))
+    u = torch.rand(5, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(drawn, 3 * u / (1 + 2 * u))
+    assert shift_sigmas(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist() == pytest.approx([0.0, 0.75, 1.0])
+
+
+def test_logit_normal_sigmas_are_the_sigmoid_of_a_normal_draw():
+    train = TrainConfig(sigma_sampling="logit-normal", sigma_logit_mean=1.5, sigma_logit_std=0.5)
+    drawn = sample_sigmas(train, 4000, torch.Generator().manual_seed(0))
+    logits = torch.logit(drawn.double())
+    assert ((drawn > 0) & (drawn < 1)).all()
+    assert logits.mean().item() == pytest.approx(1.5, abs=0.03)
+    assert logits.std().item() == pytest.approx(0.5, abs=0.03)
+
+
+def _counts(method: MethodConfig, draws: int = 6000) -> collections.Counter:
+    modes, generator = training_modes(method), torch.Generator().manual_seed(0)
+    return collections.Counter(draw_mode(modes, method, generator).name for _ in range(draws))
+
+
+def test_the_default_draw_is_uniform_over_the_three_modes():
+    counts = _counts(MethodConfig())
+    assert set(counts) == {"relation", "subject1", "subject2"}
+    assert all(abs(n / 6000 - 1 / 3) < 0.03 for n in counts.values())
+
+
+def test_relation_share_sets_the_relation_modes_frequency_and_splits_the_rest():
+    counts = _counts(MethodConfig(relation_share=0.6))
+    assert counts["relation"] / 6000 == pytest.approx(0.6, abs=0.03)
+    assert counts["subject1"] / 6000 == pytest.approx(0.2, abs=0.03)
+    assert counts["subject2"] / 6000 == pytest.approx(0.2, abs=0.03)
+    assert _counts(MethodConfig(relation_share=1.0), 200) == {"relation": 200}
