@@ -98,14 +98,15 @@ def evaluation_scenes(relation: str, count: int, unseen: bool, seed: int) -> lis
 
 
 def hand_over_table(loaded, args) -> None:
-    """Print relation and colour accuracy on trained relations (seen pairs) for each hand-over level σ0."""
+    """Print relation, colour and shape accuracy on trained relations (seen pairs) for each hand-over level σ0
+    (σ0 = 0: the VAE round trip of the scenes' own clips)."""
     scenes = [s for index, relation in enumerate(TRAINED_RELATIONS)
               for s in evaluation_scenes(relation, args.per_relation, False, args.seed + index)]
     print(f"\nmodel {args.model}: trained relations, seen pairs, {args.per_relation} videos per relation, "
           f"{args.steps} steps, CFG {args.guidance}; the scene's own clip noised to σ replaces the latents once the "
           f"sampler reaches σ0\n")
-    print("| hand-over σ0 | σ at hand-over (mean) | relation acc. (roles) | colour acc. | videos |")
-    print("|---|---|---|---|---|")
+    print("| hand-over σ0 | σ at hand-over (mean) | relation acc. (roles) | colour acc. | shape acc. | videos |")
+    print("|---|---|---|---|---|---|")
     clips = [noised_clip(loaded, scene, args) for scene in scenes]  # encoded once, used at every level
     for sigma in args.hand_over:
         levels: list[float] = []
@@ -115,8 +116,8 @@ def hand_over_table(loaded, args) -> None:
             rows.append(score(loaded, scene, args, hand_over_at(clean, noise, sigma, used) if sigma < 1 else None))
             levels += used
         level = f"{sum(levels) / len(levels):.3f}" if levels else "- (plain generation)"
-        means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour")]
-        print(f"| {sigma:g} | {level} | {means[0]:.2f} | {means[1]:.2f} | {len(rows)} |")
+        means = [sum(r[k] for r in rows) / len(rows) for k in ("relation", "colour", "shape")]
+        print(f"| {sigma:g} | {level} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {len(rows)} |")
 
 
 def main(argv=None) -> None:
