@@ -72,6 +72,8 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
         (["generate", "--prompt", "A dog.", "--lora", "{missing}", "--output", "{out}/x.mp4"], "no relation LoRA"),
         (["train", "--data", "{data}", "--seed", "-1"], "train.seed: must be from 0 to 4294967295, got -1"),
         (["train", "--data", "{data}", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
+        (["train", "--data", "{data}", "--relation-share", "1.5"], "method.relation_share"),
+        (["train", "--data", "{data}", "--sigma-sampling", "cosine"], "argument --sigma-sampling: invalid choice"),
         (["train", "--data", "{data}", "--steps", str(10**9)], "train.steps: must be from 1 to 100000"),
         (["generate", "--prompt", "A dog.", "--seed", str(2**70), "--output", "{out}/x.mp4"], "seed: must be from 0"),
         (["generate", "--prompt", "A dog.", "--frames", "601", "--output", "{out}/x.mp4", "--device", "cpu",
@@ -86,7 +88,7 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
         (["ingest", "{video}", "--data", "{video}"], "is a file, not a dataset folder"),
     ],
     ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora",
-         "negative-seed", "non-numeric-steps", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
+         "negative-seed", "non-numeric-steps", "relation-share", "sigma-sampling", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
          "mask-colours", "long-caption", "latin1-caption", "data-is-a-file"],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_path, args, message):
@@ -113,7 +115,8 @@ def test_help_documents_every_option():
     result = subprocess.run([sys.executable, "-m", "dreamrelation.cli", "train", "--help"], capture_output=True,
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0
-    for flag in ("--no-mask-loss", "--no-contrastive", "--no-subject-adapters", "--method", "--resume", "--masks"):
+    for flag in ("--no-mask-loss", "--no-contrastive", "--no-subject-adapters", "--method", "--resume", "--masks",
+                 "--relation-share", "--sigma-sampling", "--sigma-shift", "--sigma-logit-mean"):
         assert flag in result.stdout
 
 
