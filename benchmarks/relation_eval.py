@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from dreamrelation.config import (
     DataConfig,
@@ -72,6 +73,7 @@ from dreamrelation.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    describe_validation_error,
 )
 from dreamrelation.toyworld.captions import caption
 from dreamrelation.toyworld.examples import (
@@ -142,6 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exemplars", type=int, help="Exemplar videos per relation (6; quick 3).")
     parser.add_argument("--steps", type=int, help="Training steps per run (400; quick 20).")
     parser.add_argument("--lr", type=float, default=TrainConfig().learning_rate, help="Training learning rate.")
+    parser.add_argument("--method", type=json.loads, default={}, metavar="JSON",
+                        help="MethodConfig fields set on every trained row over its own, for lever sweeps, e.g. "
+                             "'{\"lambda_mask\": 5}'.")
+    parser.add_argument("--train", type=json.loads, default={}, metavar="JSON",
+                        help="TrainConfig fields set on every run, e.g. '{\"sigma_sampling\": \"shifted\"}'.")
     parser.add_argument("--seeds", type=int, help="Replicates, seeds 0..N-1 (3; quick 1).")
     parser.add_argument("--prompts-per-relation", type=int, help="Unseen-subject prompts per relation (6; quick 2).")
     parser.add_argument("--fit-prompts", type=int, help="Videos per relation and seed on the exemplars' own caption "
@@ -174,6 +181,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--sample-steps must be at least 2 (diffusers' Mochi pipeline needs 2)")
     if (args.frames - 1) % 6 or args.frames < 7 or args.size % 16 or args.size < 32:
         parser.error("--frames must be 6k+1 (at least 7) and --size a multiple of 16 (at least 32)")
+    try:
+        MethodConfig.model_validate(args.method)
+        TrainConfig.model_validate(args.train)
+    except ValidationError as error:
+        parser.error(f"--method / --train: {describe_validation_error(error)}")
     args.mask_sources = list(MASK_SOURCES) if args.masks == "both" else [args.masks]
     args.work_dir = args.work_dir or Path(tempfile.gettempdir()) / "dreamrelation-relation-eval"
     args.json = args.json or args.work_dir / "relation_eval.json"
@@ -305,6 +317,11 @@ def load_fresh(args):
     return loaded
 
 
+def row_method(args, row: Row) -> MethodConfig:
+    """A trained row's MethodConfig with --method's fields set over its own (validated)."""
+    return MethodConfig.model_validate({**row.method.model_dump(), **args.method})
+
+
 def train_row(args, row: Row, data_dir: Path, output_dir: Path, seed: int) -> Path:
     """Train one row's relation LoRA on one dataset with training seed `seed`; returns the exported LoRA file."""
     from dreamrelation.train.trainer import train
@@ -313,7 +330,7 @@ def train_row(args, row: Row, data_dir: Path, output_dir: Path, seed: int) -> Pa
     run = RunConfig(
         model=model_config(args),
         data=DataConfig(data_dir=data_dir, num_frames=args.frames, height=args.size, width=args.size),
-        method=row.method,
+        method=row_method(args, row),
         train=TrainConfig(
             output_dir=output_dir,
             steps=args.steps,
@@ -321,6 +338,7 @@ def train_row(args, row: Row, data_dir: Path, output_dir: Path, seed: int) -> Pa
             seed=seed,
             checkpoint_every=args.steps,
             keep_checkpoints=1,
+            **args.train,
         ),
     )
     return train(run, show_progress=False).lora_path
@@ -432,7 +450,8 @@ def settings_line(args, exemplar_subjects: dict[str, Sequence[str]]) -> str:
     pairs = "; ".join(f"{r}: {' / '.join(exemplar_subjects[r])}" for r in args.relations)
     return (
         f"**relation_eval** — model `{args.model}`; relations {', '.join(args.relations)}; {args.exemplars} exemplar "
-        f"videos each ({pairs}); masks {args.masks}; {args.steps} training steps at lr {args.lr:g}; seeds "
+        f"videos each ({pairs}); masks {args.masks}; {args.steps} training steps at lr {args.lr:g}"
+        f"{''.join(f'; {k} {v}' for k, v in {**args.method, **args.train}.items())}; seeds "
         f"0..{args.seeds - 1}; {args.prompts_per_relation} unseen-subject prompts per relation (+ {args.fit_prompts} "
         f"on the exemplars' caption for the fit); {args.frames} frames "
         f"at {args.size}x{args.size}; {args.sample_steps} sampling steps, CFG {args.guidance:g}, LoRA scale "
@@ -520,7 +539,7 @@ def run(args) -> dict:
         found = records[(row.name, masks)]
         results.append({
             "row": row.name, "label": row.label, "masks": masks,
-            "method": row.method.model_dump(mode="json") if row.method else None,
+            "method": row_method(args, row).model_dump(mode="json") if row.method else None,
             "metrics": aggregate(found, seeds, args.relations),
             "seconds": {k: round(v, 2) for k, v in timings[(row.name, masks)].items()},
             "videos": found,

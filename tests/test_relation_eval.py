@@ -46,3 +46,16 @@ def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
         (script.ROWS[name].label, masks) for name, masks in expected
     ]
     assert all(line.count("±") == 6 for line in body)
+
+
+def test_method_and_train_overrides_reach_every_trained_row_and_bad_ones_are_one_line(capsys):
+    import pytest
+
+    script = load_script("benchmarks/relation_eval.py")
+    args = script.parse_args(["--method", '{"lambda_mask": 5}', "--train", '{"sigma_sampling": "shifted"}'])
+    method = script.row_method(args, script.ROWS["relation-on-v"])
+    assert (method.lambda_mask, method.relation_placement) == (5, "v")  # the row's own fields stay
+    assert args.train == {"sigma_sampling": "shifted"}
+    with pytest.raises(SystemExit):
+        script.parse_args(["--method", '{"lambda_mask": -1}'])
+    assert capsys.readouterr().err.strip().endswith("--method / --train: lambda_mask: must be at least 0, got -1")
