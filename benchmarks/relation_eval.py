@@ -372,8 +372,8 @@ def generate_and_judge(
     records = []
     for index, (prompt, first, second) in enumerate(prompts):
         request = GenerateConfig(
-            prompt=prompt, seed=1000 * seed + index + (500 if kind == "fit" else 0), steps=args.sample_steps, guidance_scale=args.guidance,
-            num_frames=args.frames, height=args.size, width=args.size,
+            prompt=prompt, seed=1000 * seed + index + (500 if kind == "fit" else 0), steps=args.sample_steps,
+            guidance_scale=args.guidance, num_frames=args.frames, height=args.size, width=args.size,
         )
         frames = render(loaded, request)
         if video_dir is not None:

@@ -270,6 +270,7 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
     embeds, masks = zip(*(spec.encode_prompts(pipe, captions[i : i + 64]) for i in range(0, len(captions), 64)))
     empty_embeds, empty_mask = spec.encode_prompts(pipe, [""])
     record = {
+        "means": means,  # what the decoder reads (phase 6)
         "latents": spec.normalize_latents(pipe.vae.config, means),
         "embeds": torch.cat(embeds).cpu(),
         "masks": torch.cat(masks).cpu(),
@@ -328,21 +329,19 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
     trained.eval()
 
 
-def finetune_decoder(vae, clips: np.ndarray, data: dict[str, torch.Tensor], args, log: ProgressLog) -> None:
-    """Phase 6: L1 between the decoded crop of a clip's cached latents and the same crop of its frames; only
+def finetune_decoder(pipe, clips: np.ndarray, data: dict[str, torch.Tensor], args, log: ProgressLog) -> None:
+    """Phase 6: L1 between the decoded crop of a clip's cached VAE means and the same crop of its frames; only
     the decoder's weights change, so the encoder's latents (and everything trained on them) stay valid."""
+    vae = pipe.vae
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.decoder.parameters(), lr=args.decoder_lr, weight_decay=0.0)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=0, num_training_steps=args.decoder_steps, min_lr_rate=0.1
     )
-    # The raw VAE means, as the pipeline hands them to the decoder (it decodes x * std / scaling + mean).
-    channels = (1, -1, 1, 1, 1)
-    means = (data["latents"] * torch.tensor(data["latents_std"]).view(channels)
-             + torch.tensor(data["latents_mean"]).view(channels))
+    means, scale = data["means"], pipe.vae_spatial_scale_factor
     generator = torch.Generator().manual_seed(args.seed + 2)
-    crop, scale = min(args.decoder_crop, args.size) // 8, 8  # latent side of the crop; the VAE's spatial factor
+    crop = min(args.decoder_crop, args.size) // scale  # the crop's side in latent cells
 
     def step(_):
         picks = torch.randint(len(clips), (args.decoder_batch,), generator=generator)
@@ -378,7 +377,7 @@ def main(argv=None) -> None:
     if not args.reuse_transformer:
         train_transformer(pipe, data, captions, args, log)
     if args.decoder_steps:
-        finetune_decoder(pipe.vae, clips, data, args, log)
+        finetune_decoder(pipe, clips, data, args, log)
     pipe.to("cpu").save_pretrained(args.output)
     # Served at 30 steps, CFG 6: what docs/toy-model.md measures it with, seconds a video on a CPU.
     write_clip_defaults(args.output, ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS),
