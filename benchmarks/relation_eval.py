@@ -487,12 +487,12 @@ def _quiet() -> None:
 def run(args) -> dict:
     """Prepare the data, train and judge every (row, masks, seed, relation); returns the JSON-ready results."""
     from dreamrelation.generate import relation_lora
-    from dreamrelation.models import model_generation_defaults
+    from dreamrelation.models import resolve_model
 
     _quiet()
     started = time.perf_counter()
     # A missing model fails now, not after the data is prepared; its defaults fill the sampling left unset.
-    generation = model_generation_defaults(model_config(args)).resolve(args.sample_steps, args.guidance)
+    generation = resolve_model(model_config(args)).generation.resolve(args.sample_steps, args.guidance)
     args.sample_steps, args.guidance = generation.steps, generation.guidance_scale
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data = {relation: prepare_data(args, relation) for relation in args.relations}
@@ -520,7 +520,7 @@ def run(args) -> dict:
             loaded = load_fresh(args)
         video_dir = args.work_dir / "videos" / masks / relation / row.name / f"seed{seed}" if args.save_videos else None
         exemplar_subjects = data[relation]["subjects"]
-        with relation_lora(loaded, None if row.method is None else lora, args.lora_scale):
+        with relation_lora(loaded, None if row.method is None else {"transformer": lora}, args.lora_scale):
             found = generate_and_judge(args, loaded, relation, prompts[relation], seed, exemplar_subjects, video_dir)
             own = data[relation]["captions"][0]
             fit = [(own, *exemplar_subjects)] * args.fit_prompts

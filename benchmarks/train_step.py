@@ -443,7 +443,7 @@ def measure(args: argparse.Namespace) -> dict:
         steps=args.warmup + args.steps, seed=args.seed, gradient_checkpointing=preset.checkpointing, resume=False
     )
     training = prepare_training(
-        train, method, spec=preset.spec, transformer=transformer, vae_config=vae_config, dtype=dtype,
+        train, method, spec=preset.spec, transformers={"transformer": transformer}, vae_config=vae_config, dtype=dtype,
         dataset=dataset, accelerator=make_accelerator(args.device), offload=offload,
     )
     adapters = list(transformer.peft_config)

@@ -65,6 +65,7 @@ TRAIN_OPTIONS = {
     "--sigma-logit-mean": ("train", "sigma_logit_mean"),
     "--sigma-logit-std": ("train", "sigma_logit_std"),
     "--sigma-shift": ("train", "sigma_shift"),
+    "--experts": ("train", "experts"),
     "--seed": ("train", "seed"),
     "--gradient-checkpointing": ("train", "gradient_checkpointing"),
     "--checkpoint-every": ("train", "checkpoint_every"),
@@ -225,15 +226,14 @@ def _captions_for(videos: list[Path], caption: str | None) -> list[tuple[Path, s
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dreamrelation.data.ingest import ingest_videos
-    from dreamrelation.models import model_clip_defaults, model_specification
+    from dreamrelation.models import resolve_model
 
     overrides = _overrides(args)
     config = IngestConfig.model_validate(overrides.get("ingest", {}))
-    model = ModelConfig.model_validate(overrides.get("model", {}))
-    if problem := model_specification(model).clip_shape_problem(config.num_frames, config.height, config.width):
+    source = resolve_model(ModelConfig.model_validate(overrides.get("model", {})))
+    if problem := source.spec.clip_shape_problem(config.num_frames, config.height, config.width):
         raise CliError(problem)
-    clips, errors = ingest_videos(_captions_for(args.videos, args.caption), args.data, config,
-                                  model_clip_defaults(model))
+    clips, errors = ingest_videos(_captions_for(args.videos, args.caption), args.data, config, source.clip)
     for clip in clips:
         notes = f" ({'; '.join(clip.notes)})" if clip.notes else ""
         print(f"added {clip.name}{notes}")
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.masks.sam2 import SegmenterUnavailable
     from dreamrelation.masks.subjects import SubjectError
     from dreamrelation.models import ModelLoadError
+    from dreamrelation.models.base import ExpertChoiceError
     from dreamrelation.models.memory import InsufficientMemory
     from dreamrelation.runtime import quiet_loading_bars
 
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         message = describe_validation_error(error)
     except (
         CliError, DatasetError, VideoError, IngestError, SubjectError, DetectorUnavailable, SegmenterUnavailable,
-        GenerationError, ModelLoadError, InsufficientMemory, OSError,
+        GenerationError, ModelLoadError, InsufficientMemory, ExpertChoiceError, OSError,
     ) as error:
         message = str(error)
     except KeyboardInterrupt:

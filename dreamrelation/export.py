@@ -48,25 +48,28 @@ def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> t
 
 
 def export_lora(
-    pipeline_class, transformer: torch.nn.Module, run: RunConfig, output_dir: Path, captions: list[str]
+    pipeline_class, transformers: dict[str, torch.nn.Module], run: RunConfig, output_dir: Path, captions: list[str]
 ) -> Path:
-    """Write OUT/relation_lora.safetensors (diffusers key format + adapter metadata) and OUT/README.md.
+    """Write one diffusers-format LoRA file (keys + adapter metadata) per trained transformer of `transformers`
+    ({pipeline component: peft-wrapped transformer}; RunDir.lora_file names each) and OUT/README.md.
 
-    `pipeline_class` is the family's diffusers pipeline class, whose `save_lora_weights` writes the file;
-    `captions` are the training captions (the card quotes one as the trigger). Returns the LoRA file's path.
+    `pipeline_class` is the family's diffusers pipeline class, whose `save_lora_weights` writes the files;
+    `captions` are the training captions (the card quotes one as the trigger). Returns the first file's path.
     """
     out = RunDir(output_dir)
-    state, metadata = exported_lora_state(transformer, run.method)
-    pipeline_class.save_lora_weights(
-        out.root,
-        transformer_lora_layers=state,
-        weight_name=LORA_FILENAME,
-        transformer_lora_adapter_metadata=metadata,
-    )
+    for component, transformer in transformers.items():
+        state, metadata = exported_lora_state(transformer, run.method)
+        path = out.lora_file(component)
+        pipeline_class.save_lora_weights(
+            out.root,
+            transformer_lora_layers=state,
+            weight_name=path.name,
+            transformer_lora_adapter_metadata=metadata,
+        )
+        # diffusers writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
+        os.chmod(path, 0o644)
     out.model_card.write_text(model_card(run, pipeline_class.__name__, captions))
-    # diffusers writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
-    os.chmod(out.lora, 0o644)
-    return out.lora
+    return out.lora_file(next(iter(transformers)))
 
 
 def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:

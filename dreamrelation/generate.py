@@ -26,14 +26,23 @@ class GenerationResult:
     path: Path
 
 
-def resolve_lora_file(lora: Path) -> Path:
-    """A training output folder or a .safetensors file -> the LoRA file, checked to hold LoRA weights."""
+def resolve_lora_files(lora: Path) -> dict[str, Path]:
+    """A training output folder or a .safetensors file -> {pipeline transformer: its LoRA file}, each checked to
+    hold LoRA weights. A folder gives one file per expert it trained (RunDir.lora_files); a file is the
+    transformer's."""
+    lora = Path(lora)
+    files = RunDir(lora).lora_files() if lora.is_dir() else {"transformer": lora}
+    if not files or not all(path.is_file() for path in files.values()):
+        missing = RunDir(lora).lora if lora.is_dir() else lora
+        raise GenerationError(f"no relation LoRA at {missing}: pass a training output folder or its {LORA_FILENAME}")
+    for path in files.values():
+        _check_lora_file(path)
+    return files
+
+
+def _check_lora_file(path: Path) -> None:
     from safetensors import safe_open
 
-    lora = Path(lora)
-    path = RunDir(lora).lora if lora.is_dir() else lora
-    if not path.is_file():
-        raise GenerationError(f"no relation LoRA at {path}: pass a training output folder or its {LORA_FILENAME}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
@@ -41,7 +50,6 @@ def resolve_lora_file(lora: Path) -> Path:
         raise GenerationError(f"{path} is not a readable .safetensors LoRA file") from None
     if not keys or not all("lora" in key for key in keys):
         raise GenerationError(f"{path} holds no LoRA weights (keys must contain 'lora')")
-    return path
 
 
 def with_model_defaults(loaded: LoadedModel, config: GenerateConfig) -> GenerateConfig:
@@ -66,24 +74,28 @@ def clip_settings(loaded: LoadedModel, config: GenerateConfig) -> tuple[int, int
 
 
 @contextmanager
-def relation_lora(loaded: LoadedModel, lora_file: Path | None, scale: float = 1.0, fuse: bool = False):
-    """A `with` block in which the pipeline carries an exported relation LoRA (stock diffusers loading) at
-    `scale`, optionally fused into the weights; on leaving it the pipeline is as before (unfused, unloaded),
-    so one loaded pipeline serves requests with different relations. `lora_file` None: the base model alone."""
-    if lora_file is None:
+def relation_lora(loaded: LoadedModel, lora_files: dict[str, Path] | None, scale: float = 1.0, fuse: bool = False):
+    """A `with` block in which the pipeline carries an exported relation LoRA (stock diffusers loading, each
+    file into its own expert) at `scale`, optionally fused into the weights; on leaving it the pipeline is as
+    before (unfused, unloaded), so one loaded pipeline serves requests with different relations.
+    `lora_files` ({pipeline transformer: file}, from resolve_lora_files) None: the base model alone."""
+    if not lora_files:
         yield
         return
     pipe = loaded.pipe
-    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=LORA_ADAPTER_NAME)
+    for component, path in lora_files.items():
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER_NAME,
+                               **loaded.spec.lora_load_kwargs(component))
+    components = list(lora_files)
     try:
         if fuse:  # merged into the base weights: no adapter overhead per step
-            pipe.fuse_lora(lora_scale=scale, adapter_names=[LORA_ADAPTER_NAME])
+            pipe.fuse_lora(components=components, lora_scale=scale, adapter_names=[LORA_ADAPTER_NAME])
         else:
             pipe.set_adapters([LORA_ADAPTER_NAME], [scale])
         yield
     finally:
         if fuse:
-            pipe.unfuse_lora()
+            pipe.unfuse_lora(components=components)
         pipe.unload_lora_weights()
 
 
@@ -128,12 +140,12 @@ def generate(
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise GenerationError(f"output must be an .mp4 file, got {output.name!r}")
-    lora_file = resolve_lora_file(lora) if lora is not None else None
+    lora_files = resolve_lora_files(lora) if lora is not None else None
     loaded = loaded or load_model(model)
     if config.cpu_offload and loaded.device.type == "cuda":
         loaded.pipe.enable_model_cpu_offload()
     if config.vae_tiling:
         loaded.pipe.vae.enable_tiling()
-    with relation_lora(loaded, lora_file, config.lora_scale, config.fuse_lora):
+    with relation_lora(loaded, lora_files, config.lora_scale, config.fuse_lora):
         frames = render(loaded, config)
     return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps or loaded.defaults.fps))

@@ -1,6 +1,8 @@
 """The run folder: the one place that names what a training run writes (TrainConfig.output_dir).
 
-    OUT/relation_lora.safetensors   the exported relation LoRA (diffusers format)
+    OUT/relation_lora.safetensors   the exported relation LoRA (diffusers format) of the transformer (the
+                                    high-noise expert of a two-expert model)
+    OUT/relation_lora_transformer_2.safetensors   that of the second (low-noise) expert, when it was trained
     OUT/README.md                   its model card
     OUT/config.yaml                 the run's settings
     OUT/progress.jsonl              one record per logged step (train/progress.py)
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LORA_FILENAME = "relation_lora.safetensors"
+# The LoRA file of each pipeline transformer (expert) a run trains; the first is the one-transformer models' too.
+EXPERT_LORA_FILENAMES = {"transformer": LORA_FILENAME, "transformer_2": "relation_lora_transformer_2.safetensors"}
 MODEL_CARD_FILENAME = "README.md"
 
 
@@ -29,6 +33,15 @@ class RunDir:
     @property
     def lora(self) -> Path:
         return self.root / LORA_FILENAME
+
+    def lora_file(self, component: str) -> Path:
+        """The LoRA file of one pipeline transformer ('transformer' or 'transformer_2')."""
+        return self.root / EXPERT_LORA_FILENAMES[component]
+
+    def lora_files(self) -> dict[str, Path]:
+        """{pipeline component: LoRA file} of the experts this run exported (the files that exist)."""
+        return {component: self.lora_file(component) for component in EXPERT_LORA_FILENAMES
+                if self.lora_file(component).is_file()}
 
     @property
     def model_card(self) -> Path:

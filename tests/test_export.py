@@ -39,7 +39,7 @@ def trained_like(tiny, method):
 def test_export_loads_in_stock_diffusers_and_reproduces_outputs(tiny, tmp_path, method):
     transformer = trained_like(tiny, method)
     run = RunConfig(data=DataConfig(data_dir=tmp_path), method=method)
-    path = export_lora(MochiPipeline, transformer, run, tmp_path, ["A dog is chasing a cat."])
+    path = export_lora(MochiPipeline, {"transformer": transformer}, run, tmp_path, ["A dog is chasing a cat."])
     assert path == tmp_path / LORA_FILENAME and (tmp_path / "README.md").exists()
 
     with safe_open(str(path), framework="pt") as handle:
@@ -68,7 +68,7 @@ def test_generate_with_the_export_gives_the_frames_of_stock_diffusers(tiny, mode
     method = MethodConfig(rank=4, alpha=8, ffn_rank=2)
     transformer = trained_like(tiny, method)
     run = RunConfig(data=DataConfig(data_dir=tmp_path), method=method)
-    export_lora(MochiPipeline, transformer, run, tmp_path, ["A dog is chasing a cat."])
+    export_lora(MochiPipeline, {"transformer": transformer}, run, tmp_path, ["A dog is chasing a cat."])
     request = GenerateConfig(prompt="A cat is chasing a dog.", seed=3, steps=3, num_frames=7, height=32, width=32)
 
     ours = generate(model_config, tmp_path, request, tmp_path / "ours.mp4")

@@ -270,13 +270,27 @@ def test_a_job_trains_to_done_in_a_worker_process(store, schedulers, make_run):
     assert store.get(job.id, "alice") == done
 
 
-def test_a_training_error_fails_the_job_with_one_line_and_logs_the_traceback(store, schedulers, make_run, tmp_path):
+def test_a_training_error_fails_the_job_with_one_line_also_in_the_log(store, schedulers, make_run, tmp_path):
     scheduler = schedulers()
     job = scheduler.submit("alice", "approaching", make_run(data_dir=tmp_path / "missing", steps=2))
     failed = wait_for_state(store, job, "failed")
     assert "dataset folder not found" in failed.error and "\n" not in failed.error
-    assert "Traceback" in job.log_path.read_text()
+    log = job.log_path.read_text()
+    assert "dataset folder not found" in log and "Traceback" not in log  # the user's error needs no traceback
     assert list_relations(store, "alice") == []
+
+
+def test_an_unexpected_error_fails_the_job_in_one_line_and_logs_its_traceback(store, make_run, monkeypatch, capsys):
+    from dreamrelation.jobs import worker
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cuDNN exploded\nsecond line")
+
+    monkeypatch.setattr(worker, "train", broken)
+    job = store.create("alice", "approaching", make_run(steps=2))
+    assert worker.run_job(store, job.id) == 1
+    assert store.load(job.id).error == "cuDNN exploded second line"
+    assert "Traceback" in capsys.readouterr().err  # the worker's stderr is its log
 
 
 def test_cancel_stops_the_whole_process_group_of_a_running_job(store, schedulers, make_run, tmp_path):

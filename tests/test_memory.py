@@ -10,7 +10,8 @@ from dreamrelation.generate import generate
 from dreamrelation.method.adapters import adapter_parameter_count, add_adapters
 from dreamrelation.models import load_model, memory
 from dreamrelation.models.base import ClipShape
-from dreamrelation.train.trainer import plan_training_memory, train
+from dreamrelation.train.planning import plan_training
+from dreamrelation.train.trainer import train
 
 from helpers import write_two_subject_dataset
 
@@ -109,13 +110,13 @@ def test_a_run_is_planned_from_the_meta_model_before_any_weight_loads(model_conf
     run = RunConfig(model=cuda, data=DataConfig(data_dir=dataset_dir, **CLIP), method=method,
                     train=TrainConfig(output_dir=tmp_path))
     fake_gpu(monkeypatch, 2)
-    plan = plan_training_memory(run)
+    plan = plan_training(run).memory
     size = plan.estimate
     assert plan.preset == "bf16" and size.adapters == counted * 16
     assert size.weights == sum(p.numel() for p in loaded.pipe.transformer.parameters() if not p.requires_grad) * 2
     fake_gpu(monkeypatch, 1)  # less than the overhead alone
     with pytest.raises(memory.InsufficientMemory, match=r"at 7x32x32; this GPU has 1 GB free"):
-        plan_training_memory(run)
+        plan_training(run)
 
 
 @pytest.mark.parametrize("preset", ["bf16", "fp8", "offload", "nf4"])
@@ -171,4 +172,5 @@ def test_the_studio_refuses_a_job_that_cannot_fit_before_a_worker_starts(cache_d
     assert studio.list_jobs(owner) == []
     fake_gpu(monkeypatch, 40)
     job = studio.start_training(owner, dataset.dataset_id, "quick", settings)
-    assert job.run.model.memory == "bf16"  # the planned preset is the one the worker will use
+    assert job.source["memory"]["preset"] == "bf16"  # the planned preset is the one the worker will use
+    assert studio.job_status(owner, job.id).memory == "bf16"

@@ -19,7 +19,7 @@ def test_masks_map_to_the_latent_grid_like_mochis_causal_vae(tiny):
     masks = torch.zeros(1, 13, 16, 16)
     for frame in (0, 1, 2, 7):
         masks[0, frame, 9, 2] = 1.0
-    grid = MochiSpecification().masks_to_latent_grid(tiny.pipe, masks)
+    grid = tiny.spec.masks_to_latent_grid(masks)
     expected = torch.zeros(1, 3, 2, 2)
     expected[0, 0, 1, 0] = 1.0  # latent frame 0 <- frame 0
     expected[0, 1, 1, 0] = 2 / 6  # latent frame 1 <- mean of frames 1..6 (present in 1 and 2)
@@ -29,7 +29,7 @@ def test_masks_map_to_the_latent_grid_like_mochis_causal_vae(tiny):
 
 def test_masks_need_6k_plus_1_frames(tiny):
     with pytest.raises(ValueError, match="6k\\+1"):
-        MochiSpecification().masks_to_latent_grid(tiny.pipe, torch.zeros(1, 12, 16, 16))
+        tiny.spec.masks_to_latent_grid(torch.zeros(1, 12, 16, 16))
 
 
 class RecordingTransformer(torch.nn.Module):
@@ -126,7 +126,7 @@ def test_mask_files_with_unpadded_names_reach_the_latent_grid_as_computed_by_han
             frame[12:13, 15:16] = (0, 255, 0)  # one pixel in frame 0: latent frame 0 cell is 1 (any pixel)
         Image.fromarray(frame).save(tmp_path / f"frame{n}.png")
     pixels = torch.from_numpy(load_subject_masks(tmp_path, list(range(13)), 16, 16))
-    grid = MochiSpecification().masks_to_latent_grid(tiny.pipe, pixels)
+    grid = tiny.spec.masks_to_latent_grid(pixels)
     expected = torch.zeros(2, 3, 2, 2)
     expected[0, :, 0, 0] = 1.0
     expected[1, 0, 1, 1] = 1.0

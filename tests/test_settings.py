@@ -9,7 +9,7 @@ import pytest
 from dreamrelation import cli
 from dreamrelation.config import DataConfig, GenerateConfig, MethodConfig, ModelConfig, RunConfig
 from dreamrelation.method.adapters import adapter_specs
-from dreamrelation.models import load_model, model_generation_defaults
+from dreamrelation.models import load_model, resolve_model
 from dreamrelation.models.base import (
     ClipShape,
     GenerationDefaults,
@@ -112,7 +112,7 @@ def test_a_pipeline_folder_may_declare_its_generation_defaults(tmp_path):
     assert read_generation_defaults(tmp_path, family) == family  # clip defaults only
     write_clip_defaults(tmp_path, ClipShape(7, 32, 32, 24), GenerationDefaults(steps=12, guidance_scale=2.5))
     assert read_generation_defaults(tmp_path, family) == GenerationDefaults(steps=12, guidance_scale=2.5)
-    assert model_generation_defaults(ModelConfig(name="toy")) == GenerationDefaults(steps=30, guidance_scale=6.0)
+    assert resolve_model(ModelConfig(name="toy")).generation == GenerationDefaults(steps=30, guidance_scale=6.0)
 
 
 def test_a_request_leaves_steps_and_guidance_to_the_model_unless_it_sets_them():

@@ -58,7 +58,7 @@ def prepared(model_config, data_dir, out, **train_settings):
     run = run_config(model_config, data_dir, out, **train_settings)
     dataset = prepare_dataset(tiny, scan_dataset(data_dir), run.data, model_config.cache_dir, show_progress=False)
     training = prepare_training(
-        run.train, run.method, spec=tiny.spec, transformer=tiny.pipe.transformer, vae_config=tiny.pipe.vae.config,
+        run.train, run.method, spec=tiny.spec, transformers={"transformer": tiny.pipe.transformer}, vae_config=tiny.spec.vae_config,
         dtype=tiny.dtype, dataset=dataset, accelerator=make_accelerator("cpu"),
     )
     return training, training.modes[0]
@@ -87,9 +87,10 @@ def test_max_grad_norm_clips_the_total_gradient_norm_and_none_leaves_it(model_co
 
 
 def final_adapters(out):
-    """{adapter name/weight key: tensor} of the newest checkpoint."""
-    adapters = torch.load(ckpt.latest_checkpoint(out) / "state.pt", weights_only=False)["adapters"]
-    return {f"{name}/{key}": value for name, weights in adapters.items() for key, value in weights.items()}
+    """{expert/adapter name/weight key: tensor} of the newest checkpoint."""
+    experts = torch.load(ckpt.latest_checkpoint(out) / "state.pt", weights_only=False)["adapters"]
+    return {f"{expert}/{name}/{key}": value for expert, adapters in experts.items()
+            for name, weights in adapters.items() for key, value in weights.items()}
 
 
 def test_training_2n_steps_equals_n_steps_then_resume_then_n_steps(model_config, dataset_dir, tmp_path):

@@ -103,7 +103,7 @@ def test_masks_map_to_the_wan_latent_grid_as_computed_by_hand(wan):
     for frame in (0, 1, 2, 7):
         masks[0, frame, 9, 2] = 1.0
     masks[0, 12, 0, 15] = 1.0
-    grid = WanSpecification().masks_to_latent_grid(wan.pipe, masks)
+    grid = wan.spec.masks_to_latent_grid(masks)
     expected = torch.zeros(1, 4, 2, 2)
     expected[0, 0, 1, 0] = 1.0  # latent frame 0 <- frame 0
     expected[0, 1, 1, 0] = 2 / 4  # latent frame 1 <- mean of frames 1..4 (present in 1 and 2)
@@ -111,7 +111,7 @@ def test_masks_map_to_the_wan_latent_grid_as_computed_by_hand(wan):
     expected[0, 3, 0, 1] = 1 / 4  # latent frame 3 <- mean of frames 9..12 (present in 12)
     assert torch.equal(grid, expected)
     with pytest.raises(ValueError, match="4k\\+1"):
-        WanSpecification().masks_to_latent_grid(wan.pipe, torch.zeros(1, 12, 16, 16))
+        wan.spec.masks_to_latent_grid(torch.zeros(1, 12, 16, 16))
 
 
 def test_clip_shapes_are_checked_with_the_fix():
@@ -145,7 +145,7 @@ def test_the_export_loads_in_stock_wan_and_generates_our_frames(wan, wan_config,
     method = MethodConfig(rank=4, alpha=8, ffn_rank=2)
     transformer = trained_like(wan, method)
     run = RunConfig(model=wan_config, data=DataConfig(data_dir=tmp_path), method=method)
-    path = export_lora(WanPipeline, transformer, run, tmp_path, ["A dog is chasing a cat."])
+    path = export_lora(WanPipeline, {"transformer": transformer}, run, tmp_path, ["A dog is chasing a cat."])
     with safe_open(str(path), framework="pt") as handle:
         keys = list(handle.keys())
     assert "transformer.blocks.0.attn2.to_k.lora_A.weight" in keys and not any("to_v" in k for k in keys)

@@ -147,10 +147,14 @@ def build_callbacks(studio: Studio):
                        learning_rate: float | None = None, seed: int | None = None, sample_every: int | None = None,
                        rank: int | None = None, lambda_mask: float | None = None,
                        lambda_contrastive: float | None = None, num_frames: int | None = None,
-                       height: int | None = None, width: int | None = None, request: gr.Request = None):
+                       height: int | None = None, width: int | None = None, experts: str | None = None,
+                       request: gr.Request = None):
         """Queue a training job on a dataset with a preset ('quick' or 'paper'); any setting left out (None)
-        keeps the preset's, clip sizes left out (or 0) the model's. Returns the job id."""
-        values = locals()  # the settings are this function's parameters, named as in EDITABLE
+        keeps the preset's, clip sizes left out (or 0) the model's; `experts` ('high', 'low', 'both') is for
+        two-expert models. Returns the job id."""
+        values = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
+                      lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
+                      height=height, width=width, experts=experts)
         settings = {name: None if values[name] in ("", None) else values[name] for name in SETTING_NAMES}
         for name in ("num_frames", "height", "width"):  # a blank browser field arrives as 0: the model's default
             settings[name] = settings[name] or None

@@ -6,8 +6,11 @@ docstring (shown on the app's API page). UI-only events are private (not in the 
 
 from __future__ import annotations
 
+import typing
+
 import gradio as gr
 
+from dreamrelation.config import TrainConfig
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
 from dreamrelation.presets import TRAINING_PRESETS, preset_help
@@ -26,8 +29,9 @@ def _value(value, label: str, **kwargs) -> gr.Number:
     return gr.Number(value, label=label, precision=None, **kwargs)
 
 
-def _settings_form(defaults: dict) -> list[gr.components.Component]:
-    """The training settings, in SETTING_NAMES order (blank clip sizes = the model's)."""
+def _settings_form(defaults: dict, experts: tuple) -> list[gr.components.Component]:
+    """The training settings, in SETTING_NAMES order (blank clip sizes = the model's); the expert choice shows
+    only for a model with several `experts` (models.base.Expert)."""
     with gr.Row():
         steps = _value(defaults["steps"], "Steps", elem_id="steps")
         learning_rate = _value(defaults["learning_rate"], "Learning rate", elem_id="learning-rate")
@@ -40,9 +44,14 @@ def _settings_form(defaults: dict) -> list[gr.components.Component]:
         num_frames = _value(None, "Frames (0: model's)")
         height = _value(None, "Height (0: model's)")
         width = _value(None, "Width (0: model's)")
+    # Any value reaches the library, which answers a bad one in a line (gradio's own check would log a traceback).
+    trained_experts = gr.Dropdown(
+        list(typing.get_args(TrainConfig.model_fields["experts"].annotation)), value=defaults["experts"], label="Experts to train", allow_custom_value=True,
+        info=TrainConfig.model_fields["experts"].description, visible=len(experts) > 1, elem_id="experts",
+    )
     by_name = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
                    lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
-                   height=height, width=width)
+                   height=height, width=width, experts=trained_experts)
     return [by_name[name] for name in SETTING_NAMES]
 
 
@@ -90,7 +99,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             # logging a traceback for a caller's typo).
             preset = gr.Dropdown(list(TRAINING_PRESETS), value=DEFAULT_PRESET, label="Preset", info=preset_help(),
                                  allow_custom_value=True, elem_id="preset")
-            form = _settings_form(preset_values(DEFAULT_PRESET))
+            form = _settings_form(preset_values(DEFAULT_PRESET), studio.spec.experts)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
                 job_id = gr.Textbox(label="Job id", elem_id="job-id")

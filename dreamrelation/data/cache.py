@@ -116,7 +116,7 @@ def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: s
         "latent_logvar": logvar,
         "prompt_embeds": embeds[0].float(),
         "prompt_mask": prompt_mask[0],
-        "subject_masks": spec.masks_to_latent_grid(pipe, masks),
+        "subject_masks": spec.masks_to_latent_grid(masks),
     }
 
 
@@ -124,6 +124,7 @@ def _empty_prompt(loaded, cache_dir: Path, fingerprint: str) -> dict[str, torch.
     path = cache_dir / f"empty-prompt-{fingerprint[:32]}.safetensors"
     if path.exists():
         return load_file(path)
+    loaded.ensure_encoders()
     embeds, mask = loaded.spec.encode_prompts(loaded.pipe, [""])
     record = {"prompt_embeds": embeds[0].float(), "prompt_mask": mask[0]}
     _save_atomic(record, path)
@@ -135,7 +136,8 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Encode what the cache lacks of `samples` (from `scan_dataset`) and return every record.
 
-    `loaded` is a LoadedModel whose VAE and text encoder are used (and may be freed afterwards).
+    `loaded` is a LoadedModel whose VAE and text encoder are used (loaded first if it was loaded without them and
+    a clip is missing from the cache; they may be freed afterwards).
     Raises DatasetError / VideoError naming the clip that cannot be used.
     """
     shape = clip_shape(loaded, data)
@@ -147,6 +149,7 @@ def prepare_dataset(
         if path.exists():
             records.append(load_file(path))
             continue
+        loaded.ensure_encoders()
         record = _encode_sample(loaded, sample, shape, data.frame_sampling)
         _save_atomic(record, path)
         records.append(record)

@@ -66,9 +66,10 @@ class JobScheduler:
             self._thread.join()
             self._thread = None
 
-    def submit(self, owner: str, relation: str, run: RunConfig) -> Job:
-        """Queue a training job for `owner`; returns it (queued). Raises JobError for a bad name."""
-        return self.store.create(owner, relation, run)
+    def submit(self, owner: str, relation: str, run: RunConfig, source: dict | None = None) -> Job:
+        """Queue a training job for `owner` on the model `source` was planned for (a ModelSource as JSON; None:
+        the worker plans it); returns it (queued). Raises JobError for a bad name."""
+        return self.store.create(owner, relation, run, source)
 
     def training_running(self) -> Job | None:
         """The job (of any owner) whose worker holds the GPU now, or None. For decisions, not for display."""

@@ -93,12 +93,12 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         step=step,
         steps=steps,
         fraction=min(step / steps, 1.0),
-        memory=job.settings["model"].get("memory", "auto"),  # .get: jobs queued before presets existed
+        memory=job.source["memory"]["preset"] if job.source else job.settings["model"]["memory"],
         eta_s=latest["eta_s"] if latest is not None and job.state == "training" else None,
         losses=latest["losses"] if latest is not None else {},
         loss_history=history,
         sample_video=out.latest_sample(),
-        lora_path=out.lora if job.state == "done" and out.lora.exists() else None,
+        lora_path=next(iter(out.lora_files().values()), None) if job.state == "done" else None,
         log_tail=_tail(job.log_path, LOG_TAIL_LINES),
         error=job.error,
         attempts=job.attempts,
@@ -112,10 +112,10 @@ def list_relations(store: JobStore, owner: str) -> list[TrainedRelation]:
     """The relations `owner` has trained: done jobs whose LoRA file is still there, newest first."""
     relations = []
     for job in store.list(owner, states=("done",)):
-        lora = RunDir(job.output_dir).lora
-        if lora.exists():
+        files = RunDir(job.output_dir).lora_files()
+        if files:
             steps = job.settings["train"]["steps"]
-            relations.append(TrainedRelation(job.id, job.relation, lora, steps, job.created))
+            relations.append(TrainedRelation(job.id, job.relation, next(iter(files.values())), steps, job.created))
     return relations
 
 

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    source TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
@@ -71,6 +72,7 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    source: dict | None  # the resolved, memory-planned model (models.ModelSource as JSON), pinned when queued
 
     @property
     def run(self) -> RunConfig:
@@ -91,6 +93,7 @@ class Job:
 def _job(row: sqlite3.Row) -> Job:
     values = dict(row)
     values["settings"] = json.loads(values["settings"])
+    values["source"] = json.loads(values["source"]) if values["source"] else None
     values["output_dir"] = Path(values["output_dir"])
     return Job(**values)
 
@@ -106,6 +109,9 @@ class JobStore:
             # WAL is a property of the file: set once, every later connection (any process) gets it.
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            # Homes made before jobs pinned their model get the column (NULL for their jobs: planned by the worker).
+            if "source" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN source TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -117,8 +123,9 @@ class JobStore:
         finally:
             db.close()
 
-    def create(self, owner: str, relation: str, run: RunConfig) -> Job:
-        """Queue a new job: takes the owner, a relation name (1-100 characters) and the settings.
+    def create(self, owner: str, relation: str, run: RunConfig, source: dict | None = None) -> Job:
+        """Queue a new job: takes the owner, a relation name (1-100 characters), the settings and the model as
+        planned for it (a ModelSource as JSON; None: the worker plans it).
 
         The settings' output_dir is replaced by HOME/jobs/ID/output. Returns the queued Job; raises JobError
         for an empty owner or a bad relation name.
@@ -136,9 +143,10 @@ class JobStore:
                 settings = run.model_copy(update={"train": train}).model_dump(mode="json")
                 try:
                     db.execute(
-                        "INSERT INTO jobs (id, owner, relation, state, settings, output_dir, created)"
-                        " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                        (job_id, owner, relation, json.dumps(settings), str(output_dir), time.time()),
+                        "INSERT INTO jobs (id, owner, relation, state, settings, output_dir, created, source)"
+                        " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        (job_id, owner, relation, json.dumps(settings), str(output_dir), time.time(),
+                         json.dumps(source) if source is not None else None),
                     )
                     break
                 except sqlite3.IntegrityError:  # the id is taken (one in 4e9): draw again

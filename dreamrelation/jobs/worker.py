@@ -19,7 +19,11 @@ import warnings
 from pathlib import Path
 
 from dreamrelation.config import RunConfig
+from dreamrelation.data.dataset import DatasetError
 from dreamrelation.jobs.store import RUNNING, JobStore
+from dreamrelation.models import ModelLoadError, ModelSource
+from dreamrelation.models.base import ExpertChoiceError
+from dreamrelation.models.memory import InsufficientMemory
 from dreamrelation.runtime import quiet_loading_bars
 from dreamrelation.train.callbacks import TrainerCallback
 from dreamrelation.train.checkpoint import latest_checkpoint
@@ -29,6 +33,8 @@ from dreamrelation.train.trainer import train
 # still answers status polls and page loads at once, and training only loses the little time they take.
 WORKER_NICENESS = 19
 _MAX_ERROR_CHARS = 500
+# Errors whose message is the whole story (the fix included): logged as one line, without a traceback.
+_USER_ERRORS = (InsufficientMemory, ModelLoadError, DatasetError, ExpertChoiceError)
 
 
 def run_job(store: JobStore, job_id: str) -> int:
@@ -45,13 +51,17 @@ def run_job(store: JobStore, job_id: str) -> int:
     where = f"resuming from {checkpoint.name}" if checkpoint else "from the start"
     print(f"job {job.id}: training relation {job.relation!r}, {where}", flush=True)
 
+    source = ModelSource.model_validate(job.source) if job.source else None  # as the app planned it
     try:
         quiet_loading_bars()
         with warnings.catch_warnings():
             _hide_library_warnings()
-            result = train(run, show_progress=False, callbacks=[MarkTraining(store, job.id)])
+            result = train(run, show_progress=False, callbacks=[MarkTraining(store, job.id)], source=source)
     except Exception as error:
-        traceback.print_exc()
+        if isinstance(error, _USER_ERRORS):  # the line says it all; a traceback would only bury it
+            print(f"job {job.id}: {error}", flush=True)
+        else:
+            traceback.print_exc()
         store.update(job.id, only_from=RUNNING, state="failed", error=_one_line(error), pid=None, finished=time.time())
         return 1
     store.update(job.id, only_from=RUNNING, state="done", error=None, pid=None, finished=time.time())

@@ -1,15 +1,18 @@
 """What the trainer, exporter and generator need from a base model family.
 
-One subclass per family, a file each in this package: it says how to load the pipeline, which clip shapes
-it takes, where each adapter role goes, how a clip and a caption are encoded, how subject masks map to its
-latent grid, what can leave the GPU once the data is encoded, and how one training forward pass is computed.
-Nothing outside models/ names a family.
+One subclass per family, a file each in this package: it says how to load the pipeline and each of its
+components, which clip shapes it takes, which transformers (experts) denoise which noise levels, where each
+adapter role goes, how a clip and a caption are encoded, how subject masks map to its latent grid, what can
+leave the GPU once the data is encoded, and how one training forward pass is computed. A specification is
+bound once to the saved pipeline folder it describes (`bind`, as finetrainers binds a model's configs once),
+reading the configs that set its clip rules, VAE factors and experts. Nothing outside models/ names a family.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import copy
 import json
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -83,8 +86,36 @@ def write_clip_defaults(folder: Path, defaults: ClipShape, generation: Generatio
     return path
 
 
+@dataclass(frozen=True)
+class Expert:
+    """One transformer of a pipeline and the noise levels it denoises: sigma in [sigma_low, sigma_high)
+    (the top one also takes sigma_high = 1). Two-expert pipelines hand the high-noise steps to `transformer`
+    and the rest to `transformer_2`."""
+
+    component: str  # the pipeline attribute: "transformer" or "transformer_2"
+    name: str  # what users choose it by: "high", "low", or "all" for a one-transformer model
+    sigma_low: float
+    sigma_high: float
+
+    def holds(self, sigma: float) -> bool:
+        """Whether this expert denoises noise level `sigma`."""
+        return self.sigma_low <= sigma < self.sigma_high or (sigma == self.sigma_high == 1.0)
+
+
+ONE_EXPERT = (Expert("transformer", "all", 0.0, 1.0),)
+
+
+class ExpertChoiceError(ValueError):
+    """An --experts choice the model cannot take; the message says which it can."""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else {}
+
+
 class ModelSpecification(ABC):
-    """A base model family. Subclasses are stateless; the loaded pipeline is passed in."""
+    """A base model family. `bind(folder)` returns the specification of one saved pipeline of it; the loaded
+    pipeline is passed in where weights are needed."""
 
     pipeline_class_name: str
     defaults: ClipShape
@@ -96,11 +127,68 @@ class ModelSpecification(ABC):
     projections: dict[str, tuple[str, ...]]
     block_lists: tuple[str, ...]  # the transformer's ModuleList(s) of blocks (memory estimate, offloading)
     memory_profile: MemoryProfile  # activation constants of the peak-memory estimate (models/memory.py)
+    experts: tuple[Expert, ...] = ONE_EXPERT  # the pipeline's transformers, high noise first
+    vae_config: object = None  # the bound folder's VAE config (latent statistics), as the VAE reads it
+    folder: Path | None = None  # the saved pipeline this specification is bound to
 
-    @abstractmethod
-    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
-        """Load the family's diffusers pipeline from a folder in `dtype`, on the CPU; `quantization` is a
-        diffusers PipelineQuantizationConfig or None."""
+    def bind(self, folder: Path) -> "ModelSpecification":
+        """This family's specification of the saved pipeline in `folder`: a copy holding its VAE config and
+        whatever the family reads from its configs (`_bound_attributes`)."""
+        bound = copy.copy(self)
+        bound.folder = Path(folder)
+        index = _read_json(bound.folder / "model_index.json")
+        bound.vae_config = _meta_config(bound.folder, "vae", index["vae"])
+        for name, value in bound._bound_attributes(bound.folder, index).items():
+            setattr(bound, name, value)
+        return bound
+
+    def _bound_attributes(self, folder: Path, index: dict) -> dict:
+        """Attributes of this specification that the pipeline in `folder` (its model_index.json: `index`) sets."""
+        return {}
+
+    def trained_experts(self, choice: str) -> tuple[Expert, ...]:
+        """The experts a run trains for an --experts choice ('high', 'low', 'both'). A one-transformer model has
+        one expert for every noise level, which 'high' (the default) means; ExpertChoiceError otherwise."""
+        if len(self.experts) == 1:
+            if choice != "high":
+                raise ExpertChoiceError(f"experts {choice!r}: this model has one transformer for every noise "
+                                        "level; choosing an expert applies to two-expert models such as Wan 2.2 A14B")
+            return self.experts
+        by_name = {expert.name: expert for expert in self.experts}
+        return tuple(self.experts) if choice == "both" else (by_name[choice],)
+
+    def lora_load_kwargs(self, component: str) -> dict:
+        """The keyword arguments of the pipeline's `load_lora_weights` that put a LoRA into transformer
+        `component` (none: the pipeline's one transformer)."""
+        return {}
+
+    def expert_for(self, sigma: float) -> Expert:
+        """The expert that denoises noise level `sigma`."""
+        return next(expert for expert in self.experts if expert.holds(sigma))
+
+    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None, without: tuple[str, ...] = ()):
+        """Load the family's diffusers pipeline from a folder in `dtype`, on the CPU, with the components named in
+        `without` left out (None); `quantization` is a diffusers PipelineQuantizationConfig or None."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(
+            source, dtype=dtype, quantization_config=quantization, **{name: None for name in without},
+            **{name: self.load_component(source, name, dtype) for name in self.separately_loaded if name not in without},
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    separately_loaded: tuple[str, ...] = ()  # components load_pipeline loads with load_component (own dtype)
+
+    def load_component(self, source: str, name: str, dtype: torch.dtype) -> torch.nn.Module:
+        """One model component (e.g. 'text_encoder', 'vae') of the saved pipeline in `source`, in `dtype`, on the
+        CPU: the class model_index.json names, from its subfolder."""
+        import diffusers
+        import transformers
+
+        library, class_name = _read_json(Path(source) / "model_index.json")[name]
+        cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
+        return cls.from_pretrained(source, subfolder=name, dtype=dtype)
 
     @abstractmethod
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
@@ -177,20 +265,20 @@ class ModelSpecification(ABC):
         std and scaling factor): the inverse of the pipeline's decode scaling."""
 
     @abstractmethod
-    def latent_factors(self, pipe) -> tuple[int, int]:
-        """(space, time) compression of the pipeline's VAE, as the pipeline itself reads them."""
+    def latent_factors(self) -> tuple[int, int]:
+        """(space, time) compression of the bound pipeline's VAE, as the pipeline itself reads them."""
 
     @abstractmethod
     def offload_after_encoding(self, pipe) -> list[torch.nn.Module]:
         """The components training no longer needs once captions and clips are encoded (they leave the GPU)."""
 
-    def masks_to_latent_grid(self, pipe, masks: torch.Tensor) -> torch.Tensor:
-        """Pixel masks (S, F, H, W) in [0, 1] -> latent-grid masks (S, F', H/s, W/s) of the pipeline's VAE.
+    def masks_to_latent_grid(self, masks: torch.Tensor) -> torch.Tensor:
+        """Pixel masks (S, F, H, W) in [0, 1] -> latent-grid masks (S, F', H/s, W/s) of the bound pipeline's VAE.
 
         A cell is 1 where any subject pixel falls (max-pool in space); latent frame 0 takes mask frame 0 and
         latent frame k >= 1 the mean of frames t(k-1)+1 .. tk, as a causal VAE with time factor t groups them.
         """
-        space, time = self.latent_factors(pipe)
+        space, time = self.latent_factors()
         if (masks.shape[1] - 1) % time:
             raise ValueError(f"masks need {time}k+1 frames, got {masks.shape[1]}")
         pooled = F.max_pool2d(masks.float(), space)  # (S, F, H/s, W/s), frames as channels
@@ -213,3 +301,14 @@ class ModelSpecification(ABC):
         Takes clean latents and noise (B, C, F', H', W'), sigmas (B,) in [0, 1], text (B, L, D) and mask (B, L),
         and the transformer's compute dtype; returns (prediction, target), both fp32 (B, C, F', H', W').
         """
+
+
+def _meta_config(folder: Path, name: str, entry: list):
+    """The full config (defaults filled in) of component `name` of a saved pipeline, built on the meta device
+    from its config file: no weights are read."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    cls = getattr(diffusers, entry[1])
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(folder / name)).config

@@ -14,7 +14,7 @@ A preset says how the frozen transformer's weights are stored (the adapters alwa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +156,20 @@ class MemoryPlan:
         return bool(self.estimate and self.estimate.vae_tiling)
 
 
+def check_plan_fits(plan: MemoryPlan, device: torch.device,
+                    free_memory: Callable[[torch.device], int] | None = None) -> None:
+    """Raise InsufficientMemory, in one line, when a job's pinned `plan` (made when it was queued) no longer fits
+    the free memory of `device` (another process took some since); nothing to check on the CPU."""
+    if plan.estimate is None or device.type != "cuda":
+        return
+    free = (free_memory or cuda_free_memory)(device)
+    if plan.estimate.total > free:
+        raise InsufficientMemory(
+            f"this job was planned with memory {plan.preset}, which needs {plan.estimate.describe()}, but the GPU now "
+            f"has {free / GB:.0f} GB free: free the GPU (another job or app holds it) and resume the job"
+        )
+
+
 def cuda_free_memory(device: torch.device) -> int:
     """Free bytes on a CUDA device (torch.cuda.mem_get_info)."""
     return torch.cuda.mem_get_info(device)[0]
@@ -224,14 +238,16 @@ def build_meta_pipeline(folder: Path):
     return getattr(diffusers, index["_class_name"])(**components)
 
 
-def model_size(pipe, block_lists: tuple[str, ...]) -> ModelSize:
-    """The ModelSize of a pipeline (meta or loaded); `block_lists` names the transformer's ModuleList(s) of
-    blocks (the family's ModelSpecification.block_lists)."""
-    transformer = pipe.transformer
+def model_size(pipe, block_lists: tuple[str, ...], resident: Sequence[str] = ("transformer",)) -> ModelSize:
+    """The ModelSize of a pipeline (meta or loaded); `block_lists` names a transformer's ModuleList(s) of blocks
+    (the family's ModelSpecification.block_lists); `resident` the transformers (experts) on the GPU, whose
+    weights add up. A step runs one expert, so blocks, width and the largest block are the first one's (two
+    experts of one pipeline share their architecture)."""
+    transformer = getattr(pipe, resident[0])
     blocks = [block for path in block_lists for block in transformer.get_submodule(path)]
     config = transformer.config
     return ModelSize(
-        transformer=sum(p.numel() for p in transformer.parameters()),
+        transformer=sum(p.numel() for name in resident for p in getattr(pipe, name).parameters()),
         largest_block=max(sum(p.numel() for p in block.parameters()) for block in blocks),
         blocks=len(blocks),
         width=config.num_attention_heads * config.attention_head_dim,

@@ -43,13 +43,6 @@ class MochiSpecification(ModelSpecification):
     # The VAE: 128 channels at full resolution, a few tensors alive at once; tiles of 12 frames of 256x256.
     memory_profile = MemoryProfile(training=24, inference=10, vae=1024, vae_tile_pixels=12 * 256 * 256)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
-        from diffusers import MochiPipeline
-
-        pipe = MochiPipeline.from_pretrained(source, dtype=dtype, quantization_config=quantization)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
         return [f"transformer_blocks.{i}.attn1" for i in range(len(transformer.transformer_blocks))]
 
@@ -81,8 +74,8 @@ class MochiSpecification(ModelSpecification):
             mean, std = torch.zeros(()), torch.ones(())
         return (latents - mean.to(latents)) * config.scaling_factor / std.to(latents)
 
-    def latent_factors(self, pipe) -> tuple[int, int]:
-        return pipe.vae_spatial_scale_factor, pipe.vae_temporal_scale_factor
+    def latent_factors(self) -> tuple[int, int]:
+        return 8, 6  # MochiPipeline's vae_spatial_scale_factor and vae_temporal_scale_factor (fixed there)
 
     def offload_after_encoding(self, pipe) -> list[torch.nn.Module]:
         return [pipe.text_encoder, pipe.vae]  # T5-XXL and the VAE would sit in GPU memory for nothing

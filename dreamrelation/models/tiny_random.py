@@ -1,5 +1,6 @@
-"""Tiny random pipelines built in code: the `tiny-random` (Mochi) and `tiny-random-wan` models of tests and
-CPU benchmarks.
+"""Tiny random pipelines built in code: the `tiny-random` (Mochi), `tiny-random-wan` (Wan 2.1),
+`tiny-random-wan22` (Wan 2.2 A14B's two experts) and `tiny-random-wan22-5b` (Wan 2.2 TI2V-5B's 48-channel,
+16x VAE) models of tests and CPU benchmarks.
 
 They are real diffusers components (T5/UMT5 encoders, AutoencoderKLMochi/Wan, MochiTransformer3DModel /
 WanTransformer3DModel, the families' schedulers) with small configs, saved once with `save_pretrained` and
@@ -51,6 +52,10 @@ SIZES = {
 TINY_CLIP_DEFAULTS = ClipShape(num_frames=13, height=64, width=64, fps=24)
 TINY_WAN_CLIP_DEFAULTS = ClipShape(num_frames=13, height=64, width=64, fps=16)  # 13 = 4k+1
 WAN_LATENT_CHANNELS = 4
+WAN22_BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B-Diffusers' model_index.json
+# Wan 2.2 TI2V-5B's VAE: 48 latent channels, a 2x2 patchify inside the VAE before 8x of downsampling (16x).
+TI2V_LATENT_CHANNELS = 48
+TINY_TI2V_CLIP_DEFAULTS = ClipShape(num_frames=13, height=64, width=64, fps=24)  # sides: multiples of 32
 # Sinusoidal channels of the timestep (Mochi's default): with few, the phases of timesteps 0..1000 wrap around
 # and the model cannot tell noise levels apart.
 TIMESTEP_CHANNELS = 256
@@ -147,9 +152,21 @@ def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
     )
 
 
-def build_tiny_wan_pipeline(seed: int = 0):
-    """A WanPipeline with random weights, deterministic in `seed` (two blocks, width 24, 4 latent channels)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def _tiny_wan_transformer(channels: int):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=channels,
+        out_channels=channels, text_dim=32, freq_dim=TIMESTEP_CHANNELS, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+
+
+def build_tiny_wan_pipeline(seed: int = 0, variant: str = "wan"):
+    """A WanPipeline with random weights, deterministic in `seed` (two blocks, width 24). `variant`: 'wan' (Wan
+    2.1: 4 latent channels), 'wan22' (Wan 2.2 A14B: two experts with a boundary) or 'wan22-5b' (Wan 2.2 TI2V-5B:
+    48 latent channels, a 16x VAE, expanded timesteps)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
@@ -158,28 +175,27 @@ def build_tiny_wan_pipeline(seed: int = 0):
         vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8,
     ))
+    channels = TI2V_LATENT_CHANNELS if variant == "wan22-5b" else WAN_LATENT_CHANNELS
+    ti2v = dict(is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16)
     vae = AutoencoderKLWan(
-        base_dim=16, z_dim=WAN_LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * WAN_LATENT_CHANNELS, latents_std=[1.0] * WAN_LATENT_CHANNELS,
+        base_dim=16, z_dim=channels, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * channels, latents_std=[1.0] * channels, **(ti2v if variant == "wan22-5b" else {}),
     )
     with torch.no_grad():
         # A random posterior has std ~1 and would drown every clip in fresh noise; a trained one is narrow.
-        vae.quant_conv.weight[WAN_LATENT_CHANNELS:].zero_()
-        vae.quant_conv.bias[WAN_LATENT_CHANNELS:].fill_(-10.0)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=WAN_LATENT_CHANNELS,
-        out_channels=WAN_LATENT_CHANNELS, text_dim=32, freq_dim=TIMESTEP_CHANNELS, ffn_dim=32, num_layers=2,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    )
+        vae.quant_conv.weight[channels:].zero_()
+        vae.quant_conv.bias[channels:].fill_(-10.0)
+    experts = dict(transformer=_tiny_wan_transformer(channels))
+    if variant == "wan22":
+        experts |= dict(transformer_2=_tiny_wan_transformer(channels), boundary_ratio=WAN22_BOUNDARY_RATIO)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=scheduler)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                       expand_timesteps=variant == "wan22-5b", **experts)
 
 
 def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     """Build and `save_pretrained` a tiny pipeline once under `cache_dir`; returns its folder. `size` is a key
-    of SIZES (Mochi) or "wan" (the tiny Wan).
+    of SIZES (Mochi) or a variant of build_tiny_wan_pipeline ('wan', 'wan22', 'wan22-5b').
 
     Written to a temporary folder and renamed, so concurrent processes never see a half-written model.
     """
@@ -189,9 +205,9 @@ def materialize_tiny_pipeline(cache_dir: Path, seed: int = 0, size: str = "tiny"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
     try:
-        if size == "wan":
-            build_tiny_wan_pipeline(seed).save_pretrained(staging)
-            write_clip_defaults(staging, TINY_WAN_CLIP_DEFAULTS)
+        if size.startswith("wan"):
+            build_tiny_wan_pipeline(seed, size).save_pretrained(staging)
+            write_clip_defaults(staging, TINY_TI2V_CLIP_DEFAULTS if size == "wan22-5b" else TINY_WAN_CLIP_DEFAULTS)
         else:
             build_tiny_pipeline(seed, size).save_pretrained(staging)
             write_clip_defaults(staging, TINY_CLIP_DEFAULTS)

@@ -1,7 +1,14 @@
-"""Wan 2.1 text-to-video (diffusers `WanPipeline`): loading, adapter placement, latent grid and the training
-forward.
+"""Wan text-to-video (diffusers `WanPipeline`): Wan 2.1, Wan 2.2 A14B (two experts) and Wan 2.2 TI2V-5B as
+text-to-video. Loading, adapter placement, experts, latent grid and the training forward.
 
 Facts this file relies on (diffusers 0.42; docs/method.md §1 and §4):
+- Wan 2.2 A14B saves a second transformer (`transformer_2`) and a `boundary_ratio` in model_index.json: the
+  pipeline denoises timesteps t >= boundary_ratio * 1000 with `transformer` (high noise) and the rest with
+  `transformer_2`; with flow sigmas t = sigma * 1000, so the high-noise expert owns sigma >= boundary_ratio;
+- Wan 2.2 TI2V-5B sets `expand_timesteps` and has a 48-channel VAE that compresses 16x in space (its config's
+  `scale_factor_spatial`, patchifying inside the VAE); its transformer patch is still 2x2, so sides are multiples
+  of 32. Text-to-video gives every token the same timestep, so the training forward passes one per clip, which
+  the transformer computes identically to the pipeline's per-token copy;
 - each block `blocks.i` has self-attention over the video tokens (`attn1`) and cross-attention from video
   queries to the text (`attn2`); the adapter roles sit on them as the method doc's table says;
 - the VAE compresses `scale_factor_spatial` (8) in space and `scale_factor_temporal` (4) in time with a causal
@@ -13,12 +20,17 @@ Facts this file relies on (diffusers 0.42; docs/method.md §1 and §4):
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from dreamrelation.models.memory import MemoryProfile
-from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
+from dreamrelation.models.base import ClipShape, Expert, GenerationDefaults, ModelSpecification
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
+# The clips Wan 2.2 TI2V-5B was trained on (its model card: 720p, 121 frames at 24 fps; 704x1280 in diffusers'
+# example); a pipeline that expands timesteps is that model.
+TI2V_DEFAULTS = ClipShape(num_frames=121, height=704, width=1280, fps=24)
 
 
 class WanSpecification(ModelSpecification):
@@ -43,14 +55,30 @@ class WanSpecification(ModelSpecification):
     # fp32 (96 channels), so per pixel of the whole clip it holds little; tiles of 4 frames of 256x256.
     memory_profile = MemoryProfile(training=27, inference=14, vae=80, vae_tile_pixels=4 * 256 * 256)
 
-    def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None):
-        from diffusers import AutoencoderKLWan, WanPipeline
+    separately_loaded = ("vae",)
 
+    def load_component(self, source: str, name: str, dtype: torch.dtype) -> torch.nn.Module:
         # Wan's VAE runs in fp32 whatever the transformer's dtype, as diffusers' Wan examples load it.
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
-        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype, quantization_config=quantization)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return super().load_component(source, name, torch.float32 if name == "vae" else dtype)
+
+    def _bound_attributes(self, folder, index: dict) -> dict:
+        vae = self.vae_config
+        patch = json.loads((folder / "transformer" / "config.json").read_text())["patch_size"]
+        attributes = {
+            "side_multiple": vae.scale_factor_spatial * patch[1],
+            "frame_group": vae.scale_factor_temporal,
+        }
+        boundary = index.get("boundary_ratio")
+        if boundary is not None and (index.get("transformer_2") or [None])[0] is not None:
+            attributes["experts"] = (Expert("transformer", "high", boundary, 1.0),
+                                     Expert("transformer_2", "low", 0.0, boundary))
+        if index.get("expand_timesteps"):
+            attributes |= {"defaults": TI2V_DEFAULTS, "max_num_frames": TI2V_DEFAULTS.num_frames}
+        return attributes
+
+    def lora_load_kwargs(self, component: str) -> dict:
+        # diffusers' WanLoraLoaderMixin puts a LoRA into the low-noise expert only when told.
+        return {"load_into_transformer_2": True} if component == "transformer_2" else {}
 
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(transformer.blocks))]
@@ -76,8 +104,8 @@ class WanSpecification(ModelSpecification):
         std = torch.tensor(config.latents_std).view(shape).to(latents)
         return (latents - mean) / std
 
-    def latent_factors(self, pipe) -> tuple[int, int]:
-        return pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+    def latent_factors(self) -> tuple[int, int]:
+        return self.vae_config.scale_factor_spatial, self.vae_config.scale_factor_temporal
 
     def offload_after_encoding(self, pipe) -> list[torch.nn.Module]:
         return [pipe.text_encoder, pipe.vae]

@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Callable
+
 from dreamrelation.config import GenerateConfig, ModelConfig
-from dreamrelation.models import LoadedModel, load_model
+from dreamrelation.models import LoadedModel, ModelSource, load_model
 
 
 @dataclass
@@ -28,17 +30,18 @@ class GenerationRecord:
 
 
 class Generator:
-    """Keeps the base model of `model` loaded (on first use) and renders requests with optional LoRAs."""
+    """Keeps the base model of `model` loaded (on first use) and renders requests with optional LoRAs;
+    `source()` gives the model as the app resolved it."""
 
-    def __init__(self, model: ModelConfig):
-        self.model = model
+    def __init__(self, model: ModelConfig, source: Callable[[], ModelSource]):
+        self.model, self.source = model, source
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
 
     def loaded(self) -> LoadedModel:
         """The loaded base model (loaded once)."""
         if self._loaded is None:
-            self._loaded = load_model(self.model)
+            self._loaded = load_model(self.model, source=self.source())
         return self._loaded
 
     def generate(self, lora_file: Path | None, request: GenerateConfig, folder: Path, relation: dict) -> GenerationRecord:

@@ -13,8 +13,9 @@ from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_statu
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
-from dreamrelation.models import model_clip_defaults, model_generation_defaults, model_specification
-from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
+from dreamrelation.data.dataset import DatasetError
+from dreamrelation.models import ModelSource, resolve_model
+from dreamrelation.models.base import ClipShape, ExpertChoiceError, GenerationDefaults, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
 from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
@@ -22,7 +23,7 @@ from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run
 from dreamrelation.studio.workspace import StudioError, Workspace
-from dreamrelation.train.trainer import plan_training_memory
+from dreamrelation.train.planning import plan_training
 
 BASE_MODEL = "base"  # the relation id that means "no LoRA: the base model alone"
 
@@ -37,7 +38,7 @@ class Studio:
         self.workspace = Workspace(home)
         self.model = model
         self.scheduler = JobScheduler(self.workspace.store)
-        self.generator = Generator(model)
+        self.generator = Generator(model, lambda: self.source)
         if start_scheduler:
             self.scheduler.start()
 
@@ -46,19 +47,24 @@ class Studio:
         return self.workspace.owner_key(identity)
 
     @cached_property
-    def spec(self) -> ModelSpecification:
-        """The base model's family (what clip shapes it takes)."""
-        return model_specification(self.model)
+    def source(self) -> ModelSource:
+        """The base model resolved once for the app's life: its folder, family and defaults (no weights)."""
+        return resolve_model(self.model)
 
-    @cached_property
+    @property
+    def spec(self) -> ModelSpecification:
+        """The base model's family bound to its folder (what clip shapes it takes, its experts)."""
+        return self.source.spec
+
+    @property
     def clip_defaults(self) -> ClipShape:
         """The clip shape the base model trains and generates at by default."""
-        return model_clip_defaults(self.model)
+        return self.source.clip
 
-    @cached_property
+    @property
     def generation_defaults(self) -> GenerationDefaults:
         """The steps and guidance scale the base model generates with by default (the generation tab's)."""
-        return model_generation_defaults(self.model)
+        return self.source.generation
 
     @property
     def on_gpu(self) -> bool:
@@ -75,10 +81,16 @@ class Studio:
         )
         if os.environ.get("SPACES_ZERO_GPU"):
             where = "ZeroGPU: a GPU is lent per generation; training needs dedicated GPU hardware (Space settings)"
+        experts = self.spec.experts
+        if len(experts) > 1:
+            names = " and ".join(f"{e.name}-noise expert (σ {e.sigma_low:.3g}–{e.sigma_high:.3g})" for e in experts)
+            experts_line = f" It has two experts, a {names}; relations train the high-noise one by default."
+        else:
+            experts_line = ""
         return (
             f"Base model **{self.model.name}** ({self.spec.pipeline_class_name}; {d.num_frames} frames, "
             f"{d.width}x{d.height}, {d.fps} fps), "
-            f"running on {where}."
+            f"running on {where}.{experts_line}"
         )
 
     # Datasets and masks.
@@ -121,16 +133,14 @@ class Studio:
             raise StudioError(f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")
         folder = self.workspace.dataset_dir(owner, dataset_id)
         run = build_run(self.model, folder, preset, settings)
-        if problem := self.spec.clip_shape_problem(run.data.num_frames, run.data.height, run.data.width):
-            raise StudioError(problem)
         try:
-            plan = plan_training_memory(run)
-        except InsufficientMemory as error:  # refused here, before a worker starts
+            planned = plan_training(run, self.source)
+        except (DatasetError, ExpertChoiceError, InsufficientMemory) as error:  # refused here, before a worker starts
             raise StudioError(str(error)) from None
-        # The worker trains with the preset planned here (and shown), even if the free memory changes meanwhile.
-        run = run.model_copy(update={"model": run.model.model_copy(update={"memory": plan.preset})})
+        # The job carries the model as planned here: the worker loads that folder with that memory preset, and
+        # fails in one line, before loading, if the GPU's free memory no longer fits it (memory.check_plan_fits).
         self._drop_unmasked(folder, report)
-        return self.scheduler.submit(owner, report.relation, run)
+        return self.scheduler.submit(owner, report.relation, run, planned.model_dump(mode="json"))
 
     @staticmethod
     def _drop_unmasked(folder: Path, report: datasets.DatasetReport) -> None:
@@ -171,8 +181,8 @@ class Studio:
 
     def relation_files(self, owner: str, job_id: str) -> list[Path]:
         """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
-        relation = self._relation(owner, job_id)
-        return [relation.lora_path, RunDir(relation.lora_path.parent).config]
+        run = RunDir(self._relation(owner, job_id).lora_path.parent)
+        return [*run.lora_files().values(), run.config]
 
     def _relation(self, owner: str, job_id: str) -> TrainedRelation:
         for relation in self.list_relations(owner):
@@ -194,7 +204,8 @@ class Studio:
             lora, relation = None, {"relation_id": BASE_MODEL, "relation": "base model"}
         else:
             trained = self._relation(owner, job_id)
-            lora, relation = trained.lora_path, {"relation_id": job_id, "relation": trained.relation}
+            # The run folder: every expert's LoRA file loads into its expert.
+            lora, relation = trained.lora_path.parent, {"relation_id": job_id, "relation": trained.relation}
         return self.generator.generate(lora, request, self.workspace.generation_dir(owner, job_id), relation)
 
     def gallery(self, owner: str, job_id: str) -> list[GenerationRecord]:

@@ -19,6 +19,7 @@ EDITABLE = {
     "num_frames": ("data", "num_frames"),
     "height": ("data", "height"),
     "width": ("data", "width"),
+    "experts": ("train", "experts"),
 }
 
 

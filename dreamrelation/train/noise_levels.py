@@ -24,3 +24,9 @@ def sample_sigmas(train: TrainConfig, batch_size: int, generator: torch.Generato
         )
     sigmas = compute_density_for_timestep_sampling("uniform", batch_size, generator=generator)
     return shift_sigmas(sigmas, train.sigma_shift) if train.sigma_sampling == "shifted" else sigmas
+
+
+def into_range(sigmas: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Map σ drawn in [0, 1] linearly onto [low, high] (an expert's noise levels), keeping the density's shape;
+    [0, 1] returns them unchanged. Takes and returns a tensor of any shape."""
+    return sigmas if (low, high) == (0.0, 1.0) else low + (high - low) * sigmas

@@ -19,7 +19,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.utils.torch_utils import randn_tensor
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from dreamrelation.config import MethodConfig, RunConfig, TrainConfig
 from dreamrelation.data.cache import PreparedDataset, prepare_dataset
@@ -35,14 +34,15 @@ from dreamrelation.method.adapters import (
     training_modes,
 )
 from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
-from dreamrelation.models import LoadedModel, load_model, model_clip_defaults, model_specification, plan_memory
+from dreamrelation.models import LoadedModel, ModelSource, load_model
 from dreamrelation.models import memory
-from dreamrelation.models.base import ModelSpecification
+from dreamrelation.models.base import Expert, ModelSpecification
 from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
 from dreamrelation.train import checkpoint as ckpt
 from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback, TrainResult
-from dreamrelation.train.noise_levels import sample_sigmas
+from dreamrelation.train.noise_levels import into_range, sample_sigmas
+from dreamrelation.train.planning import plan_training
 from dreamrelation.train.progress import ProgressRecorder
 
 logger = logging.getLogger(__name__)
@@ -54,19 +54,8 @@ class TrainState:
 
     step: int
     data_generator: torch.Generator  # per process: clip choice, noise, sigma, caption dropout, bank draws
-    mode_generator: torch.Generator  # same on every process, so all ranks train the same mode each step
+    mode_generator: torch.Generator  # same on every process, so all ranks train the same mode and expert each step
     contrastive: RelationalContrastiveLoss | None
-
-
-def plan_training_memory(run: RunConfig) -> memory.MemoryPlan:
-    """The memory preset `run` trains with (models/memory.py), before any weight loads; raises
-    memory.InsufficientMemory with the fix when nothing fits the GPU (the app and CLI refuse with it)."""
-    shape = model_clip_defaults(run.model).resolve(run.data.num_frames, run.data.height, run.data.width)
-    spec = model_specification(run.model)
-    return plan_memory(
-        run.model, shape, training=True, gradient_checkpointing=run.train.gradient_checkpointing,
-        adapter_parameters=lambda transformer: adapter_parameter_count(transformer, spec, run.method),
-    )
 
 
 def warmup_steps(train: TrainConfig) -> int:
@@ -88,11 +77,13 @@ def train(
     loaded: LoadedModel | None = None,
     show_progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
+    source: ModelSource | None = None,
 ) -> TrainResult:
     """Train a relation LoRA as `run` says; returns where it went. Resumes when `run.train.resume` is set.
 
-    `loaded` lets a caller reuse a pipeline already in memory (it is modified: adapters are added). The run
-    folder's progress log is always kept; `callbacks` hear the same events after it (main process only).
+    `source` is the model as a job pinned it (resolved and memory-planned when it was queued; None: planned
+    here). `loaded` lets a caller reuse a pipeline already in memory (it is modified: adapters are added). The
+    run folder's progress log is always kept; `callbacks` hear the same events after it (main process only).
     """
     out = RunDir(run.train.output_dir)
     accelerator = make_accelerator(run.model.device)
@@ -100,25 +91,31 @@ def train(
     # Phase 0: the dataset folder is checked before anything heavy loads.
     samples = scan_dataset(run.data.data_dir, run.data.masks_dir)
 
-    # Phase 1: model, stored as the memory plan says.
+    # Phase 1: model, stored as the memory plan says; only the trained experts, and the encoders only if a
+    # sample needs the whole pipeline (prepare_dataset loads them if the cache lacks a clip).
     if loaded is None:
         model_config = run.model.model_copy(update={"device": str(accelerator.device)})
-        loaded = load_model(model_config, plan_training_memory(run.model_copy(update={"model": model_config})),
-                            training=True)
+        source = plan_training(run.model_copy(update={"model": model_config}), source)
+        memory.check_plan_fits(source.memory, accelerator.device)
+        loaded = load_model(model_config, source.memory, training=True, source=source,
+                            experts=source.spec.trained_experts(run.train.experts), encoders=run.train.sample_every > 0)
     logger.info("%s", loaded.memory.reason)
     spec, pipe = loaded.spec, loaded.pipe
+    experts = spec.trained_experts(run.train.experts)
 
     # Phase 2: data, encoded once (the main process fills the cache, the others read it).
     with accelerator.main_process_first():
         dataset = prepare_dataset(loaded, samples, run.data, run.model.cache_dir, show_progress and main)
     if run.train.sample_every == 0:
         for component in spec.offload_after_encoding(pipe):
-            component.to("cpu")
+            if component is not None:
+                component.to("cpu")
 
     # Phase 3: adapters, optimizer and state, fresh or resumed.
     training = prepare_training(
-        run.train, run.method, spec=spec, transformer=pipe.transformer, vae_config=pipe.vae.config,
-        dtype=loaded.dtype, dataset=dataset, accelerator=accelerator, offload=loaded.memory.preset == "offload",
+        run.train, run.method, spec=spec, transformers={e.component: getattr(pipe, e.component) for e in experts},
+        vae_config=spec.vae_config, dtype=loaded.dtype, dataset=dataset, accelerator=accelerator,
+        offload=loaded.memory.preset == "offload",
     )
     if training.resumed_from is None and main:
         out.root.mkdir(parents=True, exist_ok=True)
@@ -141,12 +138,14 @@ def train(
         seconds = round(time.perf_counter() - started, 4)
         _emit(events, "on_step", StepReport(state.step, run.train.steps, mode.name, terms, lr, seconds))
         if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
-            _emit(events, "on_checkpoint", state.step, _save(out, run, training))
+            _emit(events, "on_checkpoint", state.step, ckpt.save(out, run, training))
 
-    # Phase 5: export (main process).
-    lora_path = export_lora(type(pipe), pipe.transformer, run, out.root, dataset.captions) if main else out.lora
+    # Phase 5: export (main process): one LoRA file per trained expert.
+    transformers = training.ctx.transformers
+    lora_path = export_lora(type(pipe), transformers, run, out.root, dataset.captions) if main else out.lora
     accelerator.wait_for_everyone()
-    activate_adapters(pipe.transformer, exported_adapters(run.method))
+    for transformer in transformers.values():
+        activate_adapters(transformer, exported_adapters(run.method))
     result = TrainResult(out.root, lora_path, state.step, losses, dataset.encoded)
     _emit(events, "on_done", result)
     return result
@@ -173,31 +172,34 @@ def prepare_training(
     method: MethodConfig,
     *,
     spec: ModelSpecification,
-    transformer: torch.nn.Module,
+    transformers: dict[str, torch.nn.Module],
     vae_config: object,
     dtype: torch.dtype,
     dataset: PreparedDataset,
     accelerator: Accelerator,
     offload: bool = False,
 ) -> Training:
-    """Add the method's adapters to `transformer` (frozen otherwise), build AdamW and the warm-up + cosine
-    schedule, hand them to `accelerator`, and restore the newest checkpoint of `train.output_dir` when
-    `train.resume` is set. `vae_config` holds the latent statistics the cached clips were encoded with; `dtype`
-    is the base's compute dtype; `offload` (the memory preset) offloads the frozen layers once the adapters exist.
-    Returns the step context, the state, the schedule and the modes to draw from.
+    """Add the method's adapters to each trained expert of `transformers` ({pipeline component: transformer},
+    frozen otherwise), build AdamW and the warm-up + cosine schedule, hand them to `accelerator`, and restore the
+    newest checkpoint of `train.output_dir` when `train.resume` is set. `vae_config` holds the latent statistics
+    the cached clips were encoded with; `dtype` is the base's compute dtype; `offload` (the memory preset)
+    offloads the frozen layers once the adapters exist. Returns the step context, the state, the schedule and
+    the modes to draw from.
     """
-    transformer.requires_grad_(False)
     set_seed(train.seed)  # the adapters' Kaiming init draws from the global generator
-    add_adapters(transformer, spec, method)
-    if train.gradient_checkpointing or offload:  # offload frees a block's weights only when recomputed
-        transformer.enable_gradient_checkpointing()
-    if offload:
-        memory.offload_frozen_weights(transformer, accelerator.device)
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    for transformer in transformers.values():
+        transformer.requires_grad_(False)
+        add_adapters(transformer, spec, method)
+        if train.gradient_checkpointing or offload:  # offload frees a block's weights only when recomputed
+            transformer.enable_gradient_checkpointing()
+        if offload:
+            memory.offload_frozen_weights(transformer, accelerator.device)
+    trainable = [p for transformer in transformers.values() for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps(train), train.steps)
     # An offloaded transformer places itself; accelerate would try to move it whole.
-    model, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[not offload, True])
+    *models, optimizer = accelerator.prepare(*transformers.values(), optimizer,
+                                             device_placement=[not offload] * len(transformers) + [True])
     rcl = method.contrastive and method.mode == "dreamrelation"
     state = TrainState(
         step=0,
@@ -207,8 +209,9 @@ def prepare_training(
     )
     ctx = StepContext(
         spec=spec,
-        model=model,
-        transformer=transformer,
+        models=dict(zip(transformers, models)),
+        transformers=transformers,
+        experts=tuple(expert for expert in spec.experts if expert.component in transformers),
         optimizer=optimizer,
         dataset=dataset,
         vae_config=vae_config,
@@ -220,7 +223,7 @@ def prepare_training(
     latest = ckpt.latest_checkpoint(train.output_dir) if train.resume else None
     training = Training(ctx, state, lr_schedule, training_modes(method), latest)
     if latest is not None:
-        _restore(latest, training)
+        ckpt.restore(latest, training)
     return training
 
 
@@ -242,8 +245,9 @@ class StepContext:
     """What every step uses and no step changes (besides the weights the optimizer updates)."""
 
     spec: ModelSpecification
-    model: torch.nn.Module  # what the forward pass calls (DDP-wrapped under `accelerate launch`)
-    transformer: torch.nn.Module  # the unwrapped peft model, whose active adapters each mode switches
+    models: dict[str, torch.nn.Module]  # per trained expert, what the forward calls (DDP under `accelerate launch`)
+    transformers: dict[str, torch.nn.Module]  # the unwrapped peft models, whose active adapters each mode switches
+    experts: tuple[Expert, ...]  # the trained experts, high noise first
     optimizer: torch.optim.Optimizer
     dataset: PreparedDataset
     vae_config: object  # latent statistics of the VAE the clips were encoded with
@@ -257,7 +261,8 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     """One optimizer step in one hybrid-mask mode; returns the loss terms as floats."""
     method, generator = ctx.method, state.data_generator
     batch = _draw_batch(ctx.dataset, ctx.train.caption_dropout, generator, ctx.accelerator.device)
-    activate_adapters(ctx.transformer, mode.adapters)
+    expert = _draw_expert(ctx.experts, state.mode_generator)
+    activate_adapters(ctx.transformers[expert.component], mode.adapters)
 
     # Flow matching on the cached VAE posterior: z_sigma = (1 - sigma) z0 + sigma noise, target z0 - noise.
     # Noise is drawn from the CPU generator (randn_tensor then moves it) so a seed gives the same numbers anywhere.
@@ -265,9 +270,11 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
     posterior = randn_tensor(mean.shape, generator, mean.device, mean.dtype)
     latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * posterior)
     noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
-    sigmas = sample_sigmas(ctx.train, latents.shape[0], generator).to(latents.device)
+    sigmas = sample_sigmas(ctx.train, latents.shape[0], generator)
+    sigmas = into_range(sigmas, expert.sigma_low, expert.sigma_high).to(latents.device)
+    model = ctx.models[expert.component]
     pred, target = ctx.spec.training_forward(
-        ctx.model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
+        model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
     )
 
     loss_mask = select_loss_mask(batch["subject_masks"], mode.loss_mask)
@@ -277,7 +284,7 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
 
     ctx.accelerator.backward(loss)
     if ctx.train.max_grad_norm is not None:
-        ctx.accelerator.clip_grad_norm_(ctx.model.parameters(), ctx.train.max_grad_norm)
+        ctx.accelerator.clip_grad_norm_(model.parameters(), ctx.train.max_grad_norm)
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     if state.contrastive:
@@ -298,56 +305,14 @@ def _draw_batch(dataset: PreparedDataset, caption_dropout: float, generator, dev
     return batch
 
 
-def _save(out: RunDir, run: RunConfig, training: Training) -> Path | None:
-    """Write checkpoint `training.state.step` (every process its own part) and publish it; returns its folder on
-    the main process, None on the others."""
-    ctx, state = training.ctx, training.state
-    accelerator, transformer = ctx.accelerator, ctx.transformer
-    staging = ckpt.staging_dir(out.root, state.step)
-    ckpt.write_part(
-        staging,
-        f"rank{accelerator.process_index}",
-        {
-            "data_generator": state.data_generator.get_state(),
-            "contrastive": state.contrastive.state_dict() if state.contrastive else None,
-        },
-    )
-    if accelerator.is_main_process:
-        adapters = {name: get_peft_model_state_dict(transformer, adapter_name=name) for name in transformer.peft_config}
-        ckpt.write_part(
-            staging,
-            "state",
-            {
-                "step": state.step,
-                "adapters": adapters,  # {adapter name: its peft state dict}
-                "optimizer": ctx.optimizer.state_dict(),
-                "lr_schedule": training.lr_schedule.state_dict(),
-                "mode_generator": state.mode_generator.get_state(),
-                "config": run.model_dump(mode="json"),
-            },
-        )
-    accelerator.wait_for_everyone()
-    published = ckpt.publish(out.root, state.step, run.train.keep_checkpoints) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
-    return published
-
-
-def _restore(checkpoint: Path, training: Training) -> None:
-    ctx, state = training.ctx, training.state
-    shared = ckpt.read_part(checkpoint, "state")
-    own = ckpt.read_part(checkpoint, f"rank{ctx.accelerator.process_index}") or ckpt.read_part(checkpoint, "rank0")
-    for name, weights in shared["adapters"].items():
-        loaded = set_peft_model_state_dict(ctx.transformer, weights, adapter_name=name)
-        if loaded.unexpected_keys:
-            raise RuntimeError(f"checkpoint {checkpoint} holds weights of adapter {name!r} this model lacks")
-    ctx.optimizer.load_state_dict(shared["optimizer"])
-    training.lr_schedule.load_state_dict(shared["lr_schedule"])
-    state.step = shared["step"]
-    state.mode_generator.set_state(shared["mode_generator"])
-    state.data_generator.set_state(own["data_generator"])
-    if state.contrastive and own["contrastive"]:
-        state.contrastive.load_state_dict(own["contrastive"])
-    logger.info("resumed from %s at step %d", checkpoint, state.step)
+def _draw_expert(experts: tuple[Expert, ...], generator: torch.Generator) -> Expert:
+    """The expert a step trains: the only one, or one of several with the probability of its share of the noise
+    levels (what a uniform σ over all of them would give). Drawn from the generator every rank shares, so all
+    ranks run the same expert (DDP reduces each expert's gradients only where it ran)."""
+    if len(experts) == 1:
+        return experts[0]
+    widths = torch.tensor([expert.sigma_high - expert.sigma_low for expert in experts])
+    return experts[int(torch.multinomial(widths, 1, generator=generator))]
 
 
 class _SampleRenderer(TrainerCallback):
@@ -366,7 +331,8 @@ class _SampleRenderer(TrainerCallback):
         from dreamrelation.data.video import write_video
         from dreamrelation.generate import render
 
-        activate_adapters(self.loaded.pipe.transformer, exported_adapters(self.run.method))
+        for expert in self.loaded.spec.trained_experts(self.run.train.experts):
+            activate_adapters(getattr(self.loaded.pipe, expert.component), exported_adapters(self.run.method))
         shape = self.dataset.shape
         config = GenerateConfig(
             prompt=self.run.train.sample_prompt or self.dataset.captions[0],
