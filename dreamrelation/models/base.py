@@ -169,9 +169,11 @@ class ModelSpecification(ABC):
     def load_pipeline(self, source: str, dtype: torch.dtype, quantization=None, without: tuple[str, ...] = ()):
         """Load the family's diffusers pipeline from a folder in `dtype`, on the CPU, with the components named in
         `without` left out (None); `quantization` is a diffusers PipelineQuantizationConfig or None."""
-        from diffusers import DiffusionPipeline
+        import diffusers
 
-        pipe = DiffusionPipeline.from_pretrained(
+        # The family's own class, not DiffusionPipeline: diffusers reads its optional components (a Wan 2.2
+        # `transformer_2` left out by None) from the class `from_pretrained` is called on.
+        pipe = getattr(diffusers, self.pipeline_class_name).from_pretrained(
             source, dtype=dtype, quantization_config=quantization, **{name: None for name in without},
             **{name: self.load_component(source, name, dtype) for name in self.separately_loaded if name not in without},
         )
