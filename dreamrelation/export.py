@@ -86,7 +86,7 @@ A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dro
 
 - Trained on {len(captions)} distinct caption(s), e.g. **{captions[0]}**
 - Prompt it with the same relation and new subjects, e.g. swap the subjects of the caption above.
-- Steps {run.train.steps}, lr {run.train.learning_rate}, rank {method.rank} / alpha {method.alpha}
+- Steps {run.train.steps}, lr {run.train.learning_rate}, rank {method.rank} / alpha {method.resolved_alpha}
   (ffn {method.resolved_ffn_rank} / {method.resolved_ffn_alpha}), λ_m {method.lambda_mask if method.mask_loss else "off"},
   λ_1 {method.lambda_contrastive if method.contrastive else "off"}, frames {run.data.num_frames or "model default"}.
 
