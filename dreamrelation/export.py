@@ -3,10 +3,14 @@ file, with the peft metadata that keeps alpha and per-module ranks, and a model 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
+from diffusers.utils.hub_utils import populate_model_card
+from huggingface_hub import ModelCard, ModelCardData
+from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from dreamrelation.config import MethodConfig, RunConfig
@@ -18,7 +22,8 @@ from dreamrelation.outputs import LORA_FILENAME, RunDir
 def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> tuple[dict, dict]:
     """Merge the exported adapters of a peft-wrapped transformer into one LoRA.
 
-    Returns (state dict with keys like `transformer_blocks.0.attn1.to_q.lora_A.weight`, LoraConfig kwargs).
+    Returns (state dict with keys like `transformer_blocks.0.attn1.to_q.lora_A.weight`, peft LoraConfig as a
+    dict: the adapter metadata diffusers writes into the file and builds its LoraConfig from on loading).
     Adapters sit on disjoint modules, so their weights merge without clashes; the first adapter's rank and
     alpha are the defaults and the others' modules get `rank_pattern` / `alpha_pattern` entries.
     """
@@ -36,14 +41,11 @@ def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> t
                 rank_pattern[module] = spec.rank
             if spec.alpha != default.alpha:
                 alpha_pattern[module] = spec.alpha
-    metadata = {
-        "r": default.rank,
-        "lora_alpha": default.alpha,
-        "lora_dropout": 0.0,
-        "target_modules": targets,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-    }
+    config = LoraConfig(r=default.rank, lora_alpha=default.alpha, lora_dropout=0.0, target_modules=targets,
+                        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    metadata = config.to_dict()
+    # peft keeps the targets as a set, which would be written in an order that changes with the hash seed.
+    metadata["target_modules"] = targets
     return state, metadata
 
 
@@ -69,31 +71,50 @@ def export_lora(
     return out.lora
 
 
-def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:
-    """A Hub-style model card: base model, relation, trigger caption, settings and how to load it."""
-    captions = sorted(set(captions))
-    method = run.method
-    repo_id = hub_id(run.model.name)
-    base = repo_id or f"<the folder of the base model this was trained on ({run.model.name})>"
-    base_line = f"base_model: {repo_id}\n" if repo_id else ""
-    return f"""---
-library_name: diffusers
-{base_line}tags: [lora, text-to-video, dreamrelation, relation]
+# A Jinja template (huggingface_hub renders it; `card_data` is the YAML front matter). The Python snippet takes
+# its strings as JSON literals, which are valid Python for any caption or folder name.
+CARD_TEMPLATE = """---
+{{ card_data }}
 ---
-# Relation LoRA ({method.mode})
+# Relation LoRA ({{ method.mode }})
 
-A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dropped) for `{run.model.name}`.
+A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dropped) for `{{ run.model.name }}`.
 
-- Trained on {len(captions)} distinct caption(s), e.g. **{captions[0]}**
+- Trained on {{ captions | length }} distinct caption(s), e.g. **{{ captions[0] }}**
 - Prompt it with the same relation and new subjects, e.g. swap the subjects of the caption above.
-- Steps {run.train.steps}, lr {run.train.learning_rate}, rank {method.rank} / alpha {method.resolved_alpha}
-  (ffn {method.resolved_ffn_rank} / {method.resolved_ffn_alpha}), λ_m {method.lambda_mask if method.mask_loss else "off"},
-  λ_1 {method.lambda_contrastive if method.contrastive else "off"}, frames {run.data.num_frames or "model default"}.
+- Steps {{ run.train.steps }}, lr {{ run.train.learning_rate }},
+  rank {{ method.rank }} / alpha {{ method.resolved_alpha }},
+  ffn rank {{ method.resolved_ffn_rank }} / alpha {{ method.resolved_ffn_alpha }},
+  λ_m {{ method.lambda_mask if method.mask_loss else "off" }},
+  λ_1 {{ method.lambda_contrastive if method.contrastive else "off" }},
+  frames {{ run.data.num_frames or "model default" }}.
 
 ```python
-from diffusers import {pipeline_name}
-pipe = {pipeline_name}.from_pretrained("{base}")
-pipe.load_lora_weights("<this folder>", weight_name="{LORA_FILENAME}")
-video = pipe("{captions[0]}").frames[0]
+from diffusers import {{ pipeline }}
+pipe = {{ pipeline }}.from_pretrained({{ base_literal }})
+pipe.load_lora_weights("<this folder>", weight_name={{ weight_literal }})
+video = pipe({{ prompt_literal }}).frames[0]
 ```
 """
+
+
+def model_card(run: RunConfig, pipeline_name: str, captions: list[str]) -> str:
+    """A Hub model card (markdown with YAML metadata) for `run`'s LoRA: base model, relation, a trigger caption
+    (the first of `captions`, the training captions), settings and how to load it in `pipeline_name`."""
+    captions = sorted(set(captions))
+    repo_id = hub_id(run.model.name)
+    base = repo_id or f"<the folder of the base model this was trained on ({run.model.name})>"
+    # Not diffusers' load_or_create_model_card: it first looks the card up on the Hub, a network request per
+    # export (and an error for a local folder's path); what it does after that is this from_template call.
+    card = ModelCard.from_template(
+        ModelCardData(base_model=repo_id), template_str=CARD_TEMPLATE, run=run, method=run.method,
+        captions=captions, pipeline=pipeline_name, base_literal=_python_literal(base),
+        weight_literal=_python_literal(LORA_FILENAME), prompt_literal=_python_literal(captions[0]),
+    )
+    return str(populate_model_card(card, tags=["lora", "text-to-video", "dreamrelation", "relation"]))
+
+
+def _python_literal(text: str) -> str:
+    """`text` as a double-quoted string literal: JSON escapes are Python escapes, and ensure_ascii=False keeps
+    other scripts readable."""
+    return json.dumps(text, ensure_ascii=False)

@@ -1,12 +1,16 @@
 """The exported relation LoRA loads in stock diffusers and reproduces our model's outputs and frames."""
 
+import ast
+import re
+
 import pytest
 import torch
 from diffusers import MochiPipeline
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from dreamrelation.config import DataConfig, GenerateConfig, MethodConfig, RunConfig
-from dreamrelation.export import LORA_FILENAME, export_lora
+from dreamrelation.export import LORA_FILENAME, export_lora, model_card
 from dreamrelation.generate import GenerationError, generate, render
 from dreamrelation.method.adapters import activate_adapters, add_adapters
 from dreamrelation.models import load_model
@@ -100,3 +104,15 @@ def test_generate_rejects_bad_requests_before_loading_anything(model_config, tmp
         generate(model_config, None, request, tmp_path / "x.gif")
     with pytest.raises(ValueError, match="prompt is empty"):
         GenerateConfig(prompt="   ")
+
+
+def test_the_model_cards_snippet_is_python_that_prompts_with_the_caption_as_written(tmp_path):
+    caption = 'A "dog" isn\'t chasing the cat\'s C:\\toy \\n.'
+    card = model_card(RunConfig(data=DataConfig(data_dir=tmp_path)), "MochiPipeline", [caption])
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    calls = [node for node in ast.walk(ast.parse(snippet))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "pipe"]
+    assert [call.args[0].value for call in calls] == [caption]
+    metadata = ModelCard(card).data  # the front matter is YAML the Hub reads
+    assert metadata.library_name == "diffusers"
+    assert metadata.tags == ["lora", "text-to-video", "dreamrelation", "relation"]
