@@ -1,22 +1,32 @@
 """Export the relation LoRA: the `relation` and `ffn` adapters (never the subject ones) as one diffusers LoRA
-file, with the peft metadata that keeps alpha and per-module ranks, and a model card beside it."""
+file, with the peft metadata that keeps alpha and per-module ranks, and a model card beside it; and, for a family
+that has one, that file's twin in the format of the original checkpoints, which ComfyUI loads."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from diffusers.utils.hub_utils import populate_model_card
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from peft.utils.other import get_pattern_key
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from dreamrelation.config import MethodConfig, RunConfig
 from dreamrelation.method.adapters import adapter_specs, exported_adapters
 from dreamrelation.models import hub_id
-from dreamrelation.outputs import LORA_FILENAME, RunDir
+from dreamrelation.models.base import ModelSpecification
+from dreamrelation.outputs import LORA_FILENAME, RunDir, comfyui_lora_path
+
+# save_lora_weights files the transformer's weights and adapter metadata under this prefix.
+TRANSFORMER_PREFIX = "transformer."
 
 
 def exported_lora_state(transformer: torch.nn.Module, method: MethodConfig) -> tuple[dict, dict]:
@@ -66,9 +76,40 @@ def export_lora(
         transformer_lora_adapter_metadata=metadata,
     )
     out.model_card.write_text(model_card(run, pipeline_class.__name__, captions))
-    # diffusers writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
+    # safetensors writes the file owner-only (0600); an exported LoRA is an output to share, like the card.
     os.chmod(out.lora, 0o644)
     return out.lora
+
+
+def export_comfyui(lora_file: Path, spec: ModelSpecification, output: Path | None = None) -> Path:
+    """Write the ComfyUI twin of one diffusers-format LoRA file that export_lora wrote, for a model of family
+    `spec`: the same weights in the keys of the family's original checkpoints, with `.alpha` scalars where a
+    module's alpha (from the file's adapter metadata) differs from its rank.
+
+    Returns the file written: `output`, or `<stem>_comfyui.safetensors` beside `lora_file`. Raises ValueError
+    when the family has no such format.
+    """
+    with safe_open(str(lora_file), framework="pt") as handle:
+        state = {key.removeprefix(TRANSFORMER_PREFIX): handle.get_tensor(key) for key in handle.keys()}
+        metadata = json.loads((handle.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY) or "{}")
+    config = {key.removeprefix(TRANSFORMER_PREFIX): value for key, value in metadata.items()
+              if key.startswith(TRANSFORMER_PREFIX)}
+    ranks = {key.removesuffix(".lora_A.weight"): tensor.shape[0] for key, tensor in state.items()
+             if key.endswith(".lora_A.weight")}
+    # Without metadata diffusers loads every module at alpha = rank, and so does ComfyUI without `.alpha` keys.
+    alphas = _module_alphas(LoraConfig(**config), ranks) if config else ranks
+    output = Path(output) if output is not None else comfyui_lora_path(lora_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file(spec.original_lora_state(state, alphas), output)
+    os.chmod(output, 0o644)  # safetensors writes owner-only (0600), as for the diffusers file
+    return output
+
+
+def _module_alphas(config: LoraConfig, modules: Iterable[str]) -> dict[str, float]:
+    """Each module's alpha as peft reads `config` when diffusers loads the file (its `alpha_pattern` keys match
+    a module path's ending, else `lora_alpha`)."""
+    pattern = config.alpha_pattern
+    return {module: pattern.get(get_pattern_key(pattern.keys(), module), config.lora_alpha) for module in modules}
 
 
 # A Jinja template (huggingface_hub renders it; `card_data` is the YAML front matter). The Python snippet takes

@@ -1,6 +1,7 @@
 """The run folder: the one place that names what a training run writes (TrainConfig.output_dir).
 
     OUT/relation_lora.safetensors   the exported relation LoRA (diffusers format)
+    OUT/relation_lora_comfyui.safetensors  the same LoRA in ComfyUI's format, once exported (`dreamrelation export`)
     OUT/README.md                   its model card
     OUT/config.yaml                 the run's settings
     OUT/progress.jsonl              one record per logged step (train/progress.py)
@@ -15,6 +16,11 @@ from pathlib import Path
 
 LORA_FILENAME = "relation_lora.safetensors"
 MODEL_CARD_FILENAME = "README.md"
+
+
+def comfyui_lora_path(lora_file: Path) -> Path:
+    """Where the ComfyUI twin of a diffusers-format LoRA file goes: `<stem>_comfyui.safetensors` beside it."""
+    return Path(lora_file).with_name(f"{Path(lora_file).stem}_comfyui.safetensors")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig
+from dreamrelation.export import export_comfyui
 from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
@@ -16,7 +17,7 @@ from dreamrelation.masks.prompts import SubjectPrompt
 from dreamrelation.models import model_clip_defaults, model_generation_defaults, model_specification
 from dreamrelation.models.base import ClipShape, GenerationDefaults, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
-from dreamrelation.outputs import RunDir
+from dreamrelation.outputs import RunDir, comfyui_lora_path
 from dreamrelation.runtime import resolve_device
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
@@ -170,9 +171,18 @@ class Studio:
         return list_relations(self.workspace.store, owner)
 
     def relation_files(self, owner: str, job_id: str) -> list[Path]:
-        """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
-        relation = self._relation(owner, job_id)
-        return [relation.lora_path, RunDir(relation.lora_path.parent).config]
+        """The downloads of a trained relation: its LoRA (diffusers format), its settings (config.yaml) and,
+        when the base model's family has that format, the LoRA in ComfyUI's (written on first request)."""
+        lora = self._relation(owner, job_id).lora_path
+        files = [lora, RunDir(lora.parent).config]
+        comfyui = comfyui_lora_path(lora)
+        # Written again when older than the LoRA: a resumed job exports its LoRA anew.
+        if comfyui.exists() and comfyui.stat().st_mtime >= lora.stat().st_mtime:
+            return files + [comfyui]
+        try:
+            return files + [export_comfyui(lora, self.spec)]
+        except ValueError:  # the family has no ComfyUI format
+            return files
 
     def _relation(self, owner: str, job_id: str) -> TrainedRelation:
         for relation in self.list_relations(owner):
