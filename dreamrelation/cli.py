@@ -22,6 +22,7 @@ from dreamrelation.config import (
     describe_validation_error,
     read_yaml_sections,
 )
+from dreamrelation.outputs import RunDir, comfyui_lora_path
 from dreamrelation.presets import TRAINING_PRESETS, preset_help, preset_run
 
 # flag -> (config section, field). Sections are RunConfig's attribute names; "generate" is GenerateConfig.
@@ -269,6 +270,31 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dreamrelation.export import export_comfyui
+    from dreamrelation.generate import resolve_lora_files
+    from dreamrelation.models import resolve_model
+
+    run = RunDir(args.run_folder)
+    loras = resolve_lora_files(run.root)  # one line when the folder or its LoRA is missing or unreadable
+    if args.format == "diffusers":
+        if args.output is not None:
+            raise CliError(f"--output is for --format comfyui; the diffusers LoRA is {', '.join(map(str, loras.values()))}")
+        print("\n".join(map(str, loras.values())))
+        return 0
+    if args.output is not None and len(loras) > 1:
+        raise CliError(f"--output names one file, and this run has a LoRA per expert ({len(loras)}); leave it out")
+    if not run.config.is_file():
+        raise CliError(f"{run.root} has no config.yaml, which names the model the LoRA was trained on")
+    spec = resolve_model(ModelConfig.model_validate(read_yaml_sections(run.config).get("model", {}))).spec
+    try:
+        written = [export_comfyui(lora, spec, args.output) for lora in loras.values()]
+    except ValueError as error:  # the model family has no ComfyUI format
+        raise CliError(str(error)) from None
+    print("\n".join(map(str, written)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dreamrelation", description="Relation-centric video customisation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -301,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", type=Path, required=True, help="The .mp4 to write.")
     _add_options(generate, GENERATE_OPTIONS)
     generate.set_defaults(handler=cmd_generate)
+
+    export = commands.add_parser("export", help="Give a trained relation LoRA in diffusers' or ComfyUI's format.")
+    export.add_argument("run_folder", type=Path, metavar="RUN_FOLDER", help="A training output folder.")
+    export.add_argument("--format", choices=["diffusers", "comfyui"], default="diffusers",
+                        help="'diffusers': print the LoRA file training wrote; 'comfyui': write its twin in the "
+                        "keys of the model's original checkpoints, which ComfyUI loads, and print its path "
+                        "(default: %(default)s)")
+    default_output = comfyui_lora_path(RunDir(Path("RUN_FOLDER")).lora)
+    export.add_argument("--output", type=Path, help=f"Where the ComfyUI file goes (default: {default_output}).")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

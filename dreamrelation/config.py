@@ -242,20 +242,22 @@ class MethodConfig(_Settings):
     positive_bank_size: int = Field(10, ge=1, description="FIFO size of the bank of relational dynamics.")
     negative_bank_size: int = Field(64, ge=1, description="FIFO size of the bank of single-frame features.")
 
-    @model_validator(mode="after")
-    def _alpha_is_rank(self):
-        # Filled in here, so that every reader (adapters, export, the saved config.yaml) sees one number.
-        if self.alpha is None:
-            self.alpha = float(self.rank)
-        return self
+    # alpha stays None here and is resolved on reading: a saved config.yaml then keeps "alpha follows the rank",
+    # so reloading it with another --rank keeps the scale alpha/rank at 1.
+    @property
+    def resolved_alpha(self) -> float:
+        """The relation and subject adapters' alpha: `alpha`, or the rank when unset."""
+        return float(self.rank) if self.alpha is None else self.alpha
 
     @property
     def resolved_ffn_rank(self) -> int:
+        """The ffn adapter's rank: `ffn_rank`, or `rank` when unset."""
         return self.ffn_rank or self.rank
 
     @property
     def resolved_ffn_alpha(self) -> float:
-        return self.ffn_alpha or self.alpha
+        """The ffn adapter's alpha: `ffn_alpha`, or the resolved alpha when unset."""
+        return self.ffn_alpha or self.resolved_alpha
 
 
 class TrainConfig(_Settings):

@@ -3,6 +3,7 @@
     OUT/relation_lora.safetensors   the exported relation LoRA (diffusers format) of the transformer (the
                                     high-noise expert of a two-expert model)
     OUT/relation_lora_transformer_2.safetensors   that of the second (low-noise) expert, when it was trained
+    OUT/<lora file stem>_comfyui.safetensors  each LoRA in ComfyUI's format, once exported (`dreamrelation export`)
     OUT/README.md                   its model card
     OUT/config.yaml                 the run's settings
     OUT/progress.jsonl              one record per logged step (train/progress.py)
@@ -19,6 +20,11 @@ LORA_FILENAME = "relation_lora.safetensors"
 # The LoRA file of each pipeline transformer (expert) a run trains; the first is the one-transformer models' too.
 EXPERT_LORA_FILENAMES = {"transformer": LORA_FILENAME, "transformer_2": "relation_lora_transformer_2.safetensors"}
 MODEL_CARD_FILENAME = "README.md"
+
+
+def comfyui_lora_path(lora_file: Path) -> Path:
+    """Where the ComfyUI twin of a diffusers-format LoRA file goes: `<stem>_comfyui.safetensors` beside it."""
+    return Path(lora_file).with_name(f"{Path(lora_file).stem}_comfyui.safetensors")
 
 
 @dataclass(frozen=True)

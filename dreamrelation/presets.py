@@ -17,7 +17,7 @@ class TrainingPreset:
 
 TRAINING_PRESETS: dict[str, TrainingPreset] = {
     "paper": TrainingPreset("the paper's recipe, the settings' own defaults"),
-    # Its rank keeps alpha = rank (MethodConfig), so the adapters' scale stays 1.
+    # Alpha follows its rank (MethodConfig.resolved_alpha), so the adapters' scale stays 1.
     "quick": TrainingPreset(
         "a usable toy relation in minutes on a CPU, not a recipe for full-size models",
         {"train": {"steps": 150, "learning_rate": 5e-4, "warmup_steps": 10, "checkpoint_every": 25},

@@ -35,3 +35,18 @@ def tiny_family(request, cache_dir):
     from dreamrelation.models import load_model
 
     return load_model(ModelConfig(name=request.param, device="cpu", cache_dir=cache_dir))
+
+
+@pytest.fixture()
+def wan_config(cache_dir):
+    from dreamrelation.config import ModelConfig
+
+    return ModelConfig(name="tiny-random-wan", device="cpu", cache_dir=cache_dir)
+
+
+@pytest.fixture()
+def wan(wan_config):
+    """A freshly loaded tiny-random-wan pipeline (tests may add adapters to it)."""
+    from dreamrelation.models import load_model
+
+    return load_model(wan_config)

@@ -5,10 +5,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from peft.tuners.lora import LoraLayer
 
 from dreamrelation import cli
 from dreamrelation.config import DataConfig, GenerateConfig, MethodConfig, ModelConfig, RunConfig
-from dreamrelation.method.adapters import adapter_specs
+from dreamrelation.method.adapters import add_adapters, adapter_specs
 from dreamrelation.models import load_model, resolve_model
 from dreamrelation.models.base import (
     ClipShape,
@@ -37,19 +38,19 @@ def test_the_cli_and_the_app_build_the_same_quick_run(tmp_path):
     # By hand: the quick preset's values, alpha = its rank.
     assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps, run.train.checkpoint_every) == (
         150, 5e-4, 10, 25)
-    assert (run.method.rank, run.method.alpha) == (8, 8.0)
+    assert (run.method.rank, run.method.resolved_alpha) == (8, 8.0)
 
 
 def test_the_cli_default_is_the_paper_preset_which_is_runconfigs_defaults(tmp_path):
     expected = RunConfig(data=DataConfig(data_dir=tmp_path))
     assert cli_run("--data", str(tmp_path)) == expected == build_run(ModelConfig(), tmp_path, "paper")
-    assert (expected.train.steps, expected.method.rank, expected.method.alpha) == (2000, 16, 16.0)
+    assert (expected.train.steps, expected.method.rank, expected.method.resolved_alpha) == (2000, 16, 16.0)
 
 
 def test_flags_override_the_preset_as_the_apps_settings_do(tmp_path):
     run = cli_run("--data", str(tmp_path), "--preset", "quick", "--steps", "7", "--rank", "4")
     assert run == build_run(ModelConfig(), tmp_path, "quick", {"steps": 7, "rank": 4})
-    assert (run.train.steps, run.train.learning_rate, run.method.rank, run.method.alpha) == (7, 5e-4, 4, 4.0)
+    assert (run.train.steps, run.train.learning_rate, run.method.rank, run.method.resolved_alpha) == (7, 5e-4, 4, 4.0)
 
 
 def test_a_config_file_sits_between_the_preset_and_the_flags(tmp_path):
@@ -73,9 +74,9 @@ def test_an_unknown_preset_is_one_line_in_the_cli_and_a_value_error_in_the_app(t
 
 
 def test_alpha_follows_the_rank_unless_set():
-    assert MethodConfig().alpha == 16.0  # the paper's rank 16, alpha 16
-    assert MethodConfig(rank=8).alpha == 8.0
-    assert MethodConfig(rank=8, alpha=3).alpha == 3.0
+    assert MethodConfig().resolved_alpha == 16.0  # the paper's rank 16, alpha 16
+    assert MethodConfig(rank=8).alpha is None and MethodConfig(rank=8).resolved_alpha == 8.0
+    assert MethodConfig(rank=8, alpha=3).resolved_alpha == 3.0
     method = MethodConfig(rank=4, ffn_rank=2)
     assert method.resolved_ffn_alpha == 4.0  # the ffn adapter keeps the relation adapter's alpha
     assert {spec.name: (spec.rank, spec.alpha) for spec in adapter_specs(method)} == {
@@ -85,8 +86,22 @@ def test_alpha_follows_the_rank_unless_set():
 def test_the_cli_and_the_app_give_a_rank_the_same_alpha(tmp_path):
     cli_method = cli_run("--data", str(tmp_path), "--rank", "4").method
     app_method = build_run(ModelConfig(), tmp_path, "paper", {"rank": 4}).method
-    assert cli_method == app_method and app_method.alpha == 4.0
-    assert cli_run("--data", str(tmp_path), "--rank", "4", "--alpha", "16").method.alpha == 16.0
+    assert cli_method == app_method and app_method.resolved_alpha == 4.0
+    assert cli_run("--data", str(tmp_path), "--rank", "4", "--alpha", "16").method.resolved_alpha == 16.0
+
+
+@pytest.mark.parametrize("saved_alpha, scale", [(None, 1.0), (8.0, 2.0)], ids=["alpha-unset", "alpha-8"])
+def test_a_saved_config_reloaded_with_another_rank_keeps_its_alpha_rule(tiny, tmp_path, saved_alpha, scale):
+    """config.yaml of the defaults (rank 16) + `--rank 4`: an unset alpha follows the new rank (scale 1), a
+    set one stays (8 / 4 = 2), on the adapters peft actually adds."""
+    saved = RunConfig(data=DataConfig(data_dir=tmp_path), method=MethodConfig(alpha=saved_alpha))
+    (tmp_path / "config.yaml").write_text(saved.to_yaml())
+    run = cli_run("--config", str(tmp_path / "config.yaml"), "--rank", "4")
+    assert (run.method.rank, run.method.alpha) == (4, saved_alpha)
+    add_adapters(tiny.pipe.transformer, tiny.spec, run.method)
+    layers = [m for m in tiny.pipe.transformer.modules() if isinstance(m, LoraLayer)]
+    assert layers and set().union(*(layer.scaling for layer in layers)) == {"relation", "subject1", "subject2", "ffn"}
+    assert {value for layer in layers for value in layer.scaling.values()} == {scale}
 
 
 # --- generation defaults ----------------------------------------------------------------------------------

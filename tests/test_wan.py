@@ -30,16 +30,6 @@ from test_export import trained_like
 CLIP = dict(num_frames=13, height=32, width=32)  # 13 = 4k+1
 
 
-@pytest.fixture()
-def wan_config(cache_dir) -> ModelConfig:
-    return ModelConfig(name="tiny-random-wan", device="cpu", cache_dir=cache_dir)
-
-
-@pytest.fixture()
-def wan(wan_config):
-    return load_model(wan_config)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     return write_two_subject_dataset(tmp_path_factory.mktemp("wan-data"), num_videos=2, **CLIP)
@@ -225,8 +215,8 @@ def test_the_app_serves_tiny_random_wan_through_gradio_client(cache_dir, tmp_pat
         video = client.predict(relation_id=job_id, prompt="A red circle orbits a blue square.", steps=2,
                                num_frames=9, api_name="/generate")
         assert probe_video(video["video"] if isinstance(video, dict) else video).num_frames == 9
-        lora, _ = client.predict(job_id, api_name="/download_relation")
-        assert load_file(lora)
+        lora, _, comfyui = client.predict(job_id, api_name="/download_relation")
+        assert load_file(lora) and all(key.startswith("diffusion_model.") for key in load_file(comfyui))
     finally:
         stop_app(server)
     card = next((tmp_path / "home" / "jobs").glob("*/output/README.md")).read_text()

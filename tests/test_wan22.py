@@ -198,3 +198,38 @@ def test_a_pinned_plan_that_no_longer_fits_fails_in_one_line_before_loading():
 def test_expert_choice_the_model_lacks_is_refused_before_anything_loads(cache_dir, dataset_dir, tmp_path):
     with pytest.raises(ExpertChoiceError, match="experts 'both': this model has one transformer"):
         plan_training(run_config("tiny-random-wan", cache_dir, dataset_dir, tmp_path, "both"))
+
+
+def test_the_card_of_a_two_expert_relation_shows_the_stock_two_call_load(cache_dir, dataset_dir, tmp_path):
+    import ast
+
+    run = run_config("tiny-random-wan22", cache_dir, dataset_dir, tmp_path / "run", "both", steps=1)
+    train(run, show_progress=False)
+    card = RunDir(tmp_path / "run").model_card.read_text()
+    code = card.split("```python\n")[1].split("```")[0]
+    ast.parse(code)
+    assert 'pipe.load_lora_weights("<this folder>", weight_name="relation_lora.safetensors")\n' in code
+    assert ('pipe.load_lora_weights("<this folder>", weight_name="relation_lora_transformer_2.safetensors", '
+            'load_into_transformer_2=True)\n') in code
+
+
+def test_the_comfyui_export_of_each_expert_loads_through_stock_diffusers_with_identical_frames(
+        cache_dir, dataset_dir, tmp_path):
+    from dreamrelation import cli
+
+    run = run_config("tiny-random-wan22", cache_dir, dataset_dir, tmp_path / "run", "both", steps=8)
+    train(run, show_progress=False)
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "comfyui"]) == 0
+    twins = {component: path.with_name(path.stem + "_comfyui.safetensors")
+             for component, path in RunDir(tmp_path / "run").lora_files().items()}
+    for path in twins.values():
+        with safe_open(str(path), framework="pt") as handle:
+            assert all(key.startswith("diffusion_model.blocks.") for key in handle.keys())
+
+    ours = generate(run.model, tmp_path / "run", GenerateConfig(prompt=PROMPT, steps=4, seed=5), tmp_path / "o.mp4")
+    stock = WanPipeline.from_pretrained(resolve_model(run.model).folder)
+    stock.load_lora_weights(str(twins["transformer"]))
+    stock.load_lora_weights(str(twins["transformer_2"]), load_into_transformer_2=True)
+    frames = stock(PROMPT, num_frames=13, height=64, width=64, num_inference_steps=4, guidance_scale=5.0,
+                   generator=torch.Generator("cpu").manual_seed(5), max_sequence_length=32, output_type="np").frames[0]
+    assert np.array_equal(ours.frames, (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8))

@@ -200,7 +200,8 @@ def build_callbacks(studio: Studio):
 
     @user_errors
     def download_relation(relation_id: str, request: gr.Request = None):
-        """The relation's LoRA (diffusers .safetensors) and its training settings (config.yaml)."""
+        """The relation's LoRA (diffusers .safetensors), its training settings (config.yaml) and, for a model
+        family ComfyUI loads, the LoRA in ComfyUI's format."""
         return [served(p) for p in studio.relation_files(owner_of(request), str(relation_id).strip())]
 
     # UI-only helpers (not part of the API).

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+
+import psutil
 
 from dreamrelation.config import RunConfig
 from dreamrelation.jobs.store import ACTIVE, RUNNING, Job, JobError, JobStore
@@ -196,23 +197,23 @@ class JobScheduler:
 def _runs_worker_of(pid: int, job_id: str) -> bool:
     """Whether process `pid` is alive and is the worker of `job_id` (a pid may have been reused since)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:  # gone, a zombie, or not ours to read
         return False
-    return WORKER_MODULE.encode() in argv and job_id.encode() in argv  # a zombie's cmdline is empty
+    return WORKER_MODULE in argv and job_id in argv
 
 
 def _group_members(group: int) -> list[int]:
     """The live (not zombie) processes of process group `group`."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # After the ")" closing the command name: state, ppid, pgrp, ...
-            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except OSError:  # it exited while we looked
+    for process in psutil.process_iter(["status"]):  # processes that exit meanwhile are skipped
+        if process.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
-        if int(pgrp) == group and state not in ("Z", "X"):
-            members.append(int(stat.parent.name))
+        try:
+            if os.getpgid(process.pid) == group:
+                members.append(process.pid)
+        except ProcessLookupError:  # it exited while we looked
+            continue
     return members
 
 

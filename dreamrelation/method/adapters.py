@@ -51,11 +51,12 @@ _SUBJECT_PLACEMENT = {"qk": "v", "q": "v", "v": "qk"}
 def adapter_specs(method: MethodConfig) -> list[AdapterSpec]:
     """The adapters of a method configuration, in the order they are added."""
     if method.mode == "direct-lora":
-        return [AdapterSpec("direct", "qkvo", method.rank, method.alpha)]
-    specs = [AdapterSpec("relation", method.relation_placement, method.rank, method.alpha)]
+        return [AdapterSpec("direct", "qkvo", method.rank, method.resolved_alpha)]
+    specs = [AdapterSpec("relation", method.relation_placement, method.rank, method.resolved_alpha)]
     if method.subject_adapters:
         subject_placement = _SUBJECT_PLACEMENT[method.relation_placement]
-        specs += [AdapterSpec(name, subject_placement, method.rank, method.alpha) for name in ("subject1", "subject2")]
+        specs += [AdapterSpec(name, subject_placement, method.rank, method.resolved_alpha)
+                  for name in ("subject1", "subject2")]
     specs.append(AdapterSpec("ffn", "out", method.resolved_ffn_rank, method.resolved_ffn_alpha))
     return specs
 

@@ -217,6 +217,15 @@ class ModelSpecification(ABC):
         there would train nothing)."""
         return set()
 
+    def original_lora_state(self, state: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
+        """A LoRA of the transformer in diffusers' keys (`<module>.lora_A.weight`, `<module>.lora_B.weight`) ->
+        the same LoRA in the keys of the family's original checkpoints, the format ComfyUI loads.
+
+        `alphas` maps each module path to its alpha; a `<module>.alpha` scalar is written where it differs from
+        the module's rank (readers take alpha = rank otherwise). ValueError when the family has no such format.
+        """
+        raise ValueError("this model family has no ComfyUI format; export the diffusers file")
+
     @abstractmethod
     def max_text_length(self, pipe) -> int:
         """Number of text tokens the pipeline encodes a caption to."""

@@ -21,6 +21,7 @@ Facts this file relies on (diffusers 0.42; docs/method.md §1 and §4):
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
@@ -31,6 +32,18 @@ MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 # The clips Wan 2.2 TI2V-5B was trained on (its model card: 720p, 121 frames at 24 fps; 704x1280 in diffusers'
 # example); a pipeline that expands timesteps is that model.
 TI2V_DEFAULTS = ClipShape(num_frames=121, height=704, width=1280, fps=24)
+
+# A block's diffusers module -> its name in the original Wan checkpoints, which ComfyUI loads: the inverse of
+# diffusers' `_convert_non_diffusers_wan_lora_to_diffusers` (loaders/lora_conversion_utils.py) for the layers
+# LoRAs go on. Original keys are `diffusion_model.blocks.<i>.<name>.lora_{A,B}.weight` and `.alpha`.
+ORIGINAL_LORA_NAMES = {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k",
+    "attn1.to_v": "self_attn.v", "attn1.to_out.0": "self_attn.o",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v", "attn2.to_out.0": "cross_attn.o",
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+}
+_DIFFUSERS_LORA_KEY = re.compile(r"blocks\.(\d+)\.(.+)\.lora_([AB])\.weight")
 
 
 class WanSpecification(ModelSpecification):
@@ -82,6 +95,19 @@ class WanSpecification(ModelSpecification):
 
     def attention_paths(self, transformer: torch.nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(transformer.blocks))]
+
+    def original_lora_state(self, state, alphas):
+        original = {}
+        for key, tensor in state.items():
+            match = _DIFFUSERS_LORA_KEY.fullmatch(key)
+            if match is None or match[2] not in ORIGINAL_LORA_NAMES:
+                raise ValueError(f"{key}: this layer has no name in the ComfyUI format")
+            module = f"diffusion_model.blocks.{match[1]}.{ORIGINAL_LORA_NAMES[match[2]]}"
+            original[f"{module}.lora_{match[3]}.weight"] = tensor
+            alpha = alphas[key.rpartition(".lora_")[0]]
+            if match[3] == "A" and alpha != tensor.shape[0]:  # lora_A is (rank, in_features)
+                original[f"{module}.alpha"] = torch.tensor(float(alpha))
+        return original
 
     def max_text_length(self, pipe) -> int:
         return min(MAX_TEXT_TOKENS, pipe.tokenizer.model_max_length)

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig
+from dreamrelation.export import export_comfyui
 from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
@@ -17,7 +18,7 @@ from dreamrelation.data.dataset import DatasetError
 from dreamrelation.models import ModelSource, resolve_model
 from dreamrelation.models.base import ClipShape, ExpertChoiceError, GenerationDefaults, ModelSpecification
 from dreamrelation.models.memory import InsufficientMemory
-from dreamrelation.outputs import RunDir
+from dreamrelation.outputs import RunDir, comfyui_lora_path
 from dreamrelation.runtime import resolve_device
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
@@ -180,9 +181,23 @@ class Studio:
         return list_relations(self.workspace.store, owner)
 
     def relation_files(self, owner: str, job_id: str) -> list[Path]:
-        """The downloads of a trained relation: its LoRA (diffusers format) and its settings (config.yaml)."""
+        """The downloads of a trained relation: its LoRA file per trained expert (diffusers format), its settings
+        (config.yaml) and, when the base model's family has that format, each LoRA in ComfyUI's (written on first
+        request)."""
         run = RunDir(self._relation(owner, job_id).lora_path.parent)
-        return [*run.lora_files().values(), run.config]
+        loras = list(run.lora_files().values())
+        return [*loras, run.config, *filter(None, map(self._comfyui_twin, loras))]
+
+    def _comfyui_twin(self, lora: Path) -> Path | None:
+        """The ComfyUI-format copy of one LoRA file, None when the family has no such format."""
+        comfyui = comfyui_lora_path(lora)
+        # Written again when older than the LoRA: a resumed job exports its LoRA anew.
+        if comfyui.exists() and comfyui.stat().st_mtime >= lora.stat().st_mtime:
+            return comfyui
+        try:
+            return export_comfyui(lora, self.spec)
+        except ValueError:  # the family has no ComfyUI format
+            return None
 
     def _relation(self, owner: str, job_id: str) -> TrainedRelation:
         for relation in self.list_relations(owner):

@@ -142,7 +142,8 @@ def train(
 
     # Phase 5: export (main process): one LoRA file per trained expert.
     transformers = training.ctx.transformers
-    lora_path = export_lora(type(pipe), transformers, run, out.root, dataset.captions) if main else out.lora
+    lora_path = (export_lora(type(pipe), transformers, run, out.root, dataset.captions, spec.lora_load_kwargs)
+                 if main else out.lora_file(next(iter(transformers))))
     accelerator.wait_for_everyone()
     for transformer in transformers.values():
         activate_adapters(transformer, exported_adapters(run.method))
