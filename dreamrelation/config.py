@@ -280,9 +280,10 @@ class TrainConfig(_Settings):
     sigma_shift: float = Field(3.0, gt=0, description="The shift of 'shifted' σ sampling (1: uniform).")
     experts: Literal["high", "low", "both"] = Field(
         "high",
-        description="Which expert of a two-expert model (Wan 2.2 A14B) trains: 'high' the high-noise one, where a "
-        "clip's layout and motion form (the relation; docs/method.md §6), 'low' the low-noise one (appearance), "
-        "'both' each on its own noise levels. A one-transformer model has one expert for every noise level: 'high'.",
+        description="Which expert of a model with two (a high-noise and a low-noise transformer) trains: 'high' the "
+        "high-noise one, where a clip's layout and motion form (the relation; docs/method.md §5), 'low' the "
+        "low-noise one (appearance), 'both' each on its own noise levels. A one-transformer model has one expert "
+        "for every noise level: 'high'.",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random choice in training.")
     max_grad_norm: float | None = Field(

@@ -7,7 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED = {"dreamrelation/models/mochi.py", "dreamrelation/models/wan.py", "dreamrelation/models/tiny_random.py",
            "dreamrelation/models/__init__.py"}
-FAMILY_NAMES = re.compile(r"mochi|wan(?:pipeline|transformer|specification|2\.1|-ai)|umt5", re.IGNORECASE)
+FAMILY_NAMES = re.compile(r"mochi|wan(?:pipeline|transformer|specification| ?2\.[12]|-ai)|umt5|ti2v|a14b", re.IGNORECASE)
 
 
 def test_no_family_is_named_outside_the_models_that_define_it():

@@ -152,7 +152,8 @@ class ModelSpecification(ABC):
         if len(self.experts) == 1:
             if choice != "high":
                 raise ExpertChoiceError(f"experts {choice!r}: this model has one transformer for every noise "
-                                        "level; choosing an expert applies to two-expert models such as Wan 2.2 A14B")
+                                        "level; choosing an expert applies to models with a high-noise and a "
+                                        "low-noise transformer")
             return self.experts
         by_name = {expert.name: expert for expert in self.experts}
         return tuple(self.experts) if choice == "both" else (by_name[choice],)
@@ -171,8 +172,8 @@ class ModelSpecification(ABC):
         `without` left out (None); `quantization` is a diffusers PipelineQuantizationConfig or None."""
         import diffusers
 
-        # The family's own class, not DiffusionPipeline: diffusers reads its optional components (a Wan 2.2
-        # `transformer_2` left out by None) from the class `from_pretrained` is called on.
+        # The family's own class, not DiffusionPipeline: diffusers reads its optional components (a second expert,
+        # `transformer_2`, left out by None) from the class `from_pretrained` is called on.
         pipe = getattr(diffusers, self.pipeline_class_name).from_pretrained(
             source, dtype=dtype, quantization_config=quantization, **{name: None for name in without},
             **{name: self.load_component(source, name, dtype) for name in self.separately_loaded if name not in without},
