@@ -143,8 +143,10 @@ def test_accelerate_launch_two_processes_trains_identical_adapters(data_dir, cac
     assert (tmp_path / "relation_lora.safetensors").exists()
 
 
-def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tmp_path):
-    """A dataset prepared only by the CLI (ingest, then basic masks) trains."""
+@pytest.mark.parametrize("model", [[], ["--model", "tiny-random-wan22"]], ids=["default", "wan22"])
+def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tmp_path, model):
+    """A dataset prepared only by the CLI (ingest, then basic masks) trains; on a two-expert model both experts
+    train and generate."""
     from dreamrelation.data.video import write_video
     from dreamrelation.toyworld.render import render_scene
     from dreamrelation.toyworld.world import Scene, Subject
@@ -158,7 +160,7 @@ def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tm
     ingested = run_cli(
         ["ingest", str(uploads / "my clip (1).mp4"), str(uploads / "Überraschung.mov"), "--data", str(data),
          "--caption", "A red circle approaches a blue square.", "--frames", "13", "--height", "64",
-         "--width", "64", "--fps", "30"],
+         "--width", "64", "--fps", "30", *model],
         cache_dir,
     )
     assert ingested.returncode == 0, ingested.stderr
@@ -168,11 +170,18 @@ def test_raw_videos_to_trained_lora_through_ingest_masks_and_train(cache_dir, tm
     assert "100%" in masked.stderr  # the progress bar
     trained = run_cli(
         ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--steps", "2", "--frames", "13",
-         "--height", "64", "--width", "64", "--device", "cpu"],
+         "--height", "64", "--width", "64", "--device", "cpu", *model, *(["--experts", "both"] if model else [])],
         cache_dir,
     )
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "run" / "relation_lora.safetensors").exists()
+    assert (tmp_path / "run" / "relation_lora_transformer_2.safetensors").exists() == bool(model)
+    if model:
+        generated = run_cli(["generate", "--lora", str(tmp_path / "run"), "--prompt", "A red circle approaches a "
+                             "blue square.", "--output", str(tmp_path / "run" / "out.mp4"), "--steps", "2", *model],
+                            cache_dir)
+        assert generated.returncode == 0, generated.stderr
+        assert "13 frames, 64x64" in generated.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "uploads"]  # nothing written elsewhere
 
 
