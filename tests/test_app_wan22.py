@@ -52,7 +52,9 @@ def test_the_page_names_the_model_and_its_experts_and_a_relation_trains_both(app
     assert updates[-1]["state"] == "done", updates[-1]
 
     files = client.predict(job_id, api_name="/download_relation")
-    assert sorted(Path(f).name for f in files) == sorted([*EXPERT_LORA_FILENAMES.values(), "config.yaml"])
+    loras = list(EXPERT_LORA_FILENAMES.values())  # a file per expert, each also in ComfyUI's format
+    twins = [name.replace(".safetensors", "_comfyui.safetensors") for name in loras]
+    assert sorted(Path(f).name for f in files) == sorted([*loras, "config.yaml", *twins])
     video = client.predict(job_id, "A red circle orbits a blue square.", "", 0, 2, 5.0, 13, 1.0, api_name="/generate")
     info = probe_video(Path(video["video"] if isinstance(video, dict) else video))
     assert (info.num_frames, info.width, info.height) == (13, 64, 64)

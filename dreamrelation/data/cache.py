@@ -104,8 +104,8 @@ def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: s
     spec, pipe = loaded.spec, loaded.pipe
     if problem := spec.text_length_problem(pipe, sample.caption):
         raise DatasetError(f"{sample.video.with_suffix('.txt')}: caption is {problem}")
-    frames, indices = load_clip(sample.video, shape.num_frames, shape.height, shape.width, sampling)
-    info = probe_video(sample.video)
+    info = probe_video(sample.video)  # once: the clip and its masks both need it
+    frames, indices = load_clip(sample.video, shape.num_frames, shape.height, shape.width, sampling, info)
     masks = torch.from_numpy(
         load_subject_masks(sample.mask_dir, indices, shape.height, shape.width, (info.height, info.width))
     )

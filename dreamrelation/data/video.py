@@ -304,16 +304,18 @@ def center_crop_resize(frames: np.ndarray, height: int, width: int, nearest: boo
 
 
 def load_clip(
-    path: str | Path, num_frames: int, height: int, width: int, sampling: str = "first"
+    path: str | Path, num_frames: int, height: int, width: int, sampling: str = "first",
+    info: VideoInfo | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Load a training clip from a video.
 
-    Takes a video path, the clip's frame count and size, and the frame sampling mode (see
-    select_frame_indices). Returns (uint8 (num_frames, height, width, 3) RGB frames, the source frame
-    indices used), centre-cropped and resized. Raises VideoError when the video is unreadable or too short.
+    Takes a video path, the clip's frame count and size, the frame sampling mode (see select_frame_indices)
+    and the video's probe_video result when the caller already has it. Returns (uint8 (num_frames, height,
+    width, 3) RGB frames, the source frame indices used), centre-cropped and resized. Raises VideoError when
+    the video is unreadable or too short.
     """
     path = Path(path)
-    info = probe_video(path)
+    info = info or probe_video(path)
     if info.num_frames < num_frames:
         raise VideoError(
             f"{path}: has {info.num_frames} frames, needs at least {num_frames}; "
