@@ -294,6 +294,11 @@ class TrainConfig(_Settings):
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many newest checkpoints to keep.")
     resume: bool = Field(False, description="Continue from the newest checkpoint in output_dir.")
+    eval_every: int = Field(
+        50, ge=0, description="Score the evaluation loss (fixed clips, noise and σ, relation mode, no gradients; "
+        "train/evaluation.py) every N steps and at the last (0: never).",
+    )
+    eval_points: int = Field(4, ge=1, le=64, description="Fixed (clip, noise, σ) points of the evaluation loss.")
     sample_every: int = Field(0, ge=0, description="Render a sample video every N steps (0: never).")
     sample_prompt: str | None = Field(None, description="Prompt of the samples; None: the first caption.")
     log_every: int = Field(1, ge=1, description="Append to progress.jsonl every N steps.")

@@ -52,6 +52,34 @@ def test_one_clip_is_overfit_by_the_real_training_step(model_config, tmp_path, n
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
+def test_the_evaluation_loss_falls_on_a_model_that_overfits_one_clip(model_config, tmp_path):
+    """The real run (random σ, noise and modes each step) on one clip: the fixed-point evaluation loss falls."""
+    model_config = model_config.model_copy(update={"name": "tiny-random-small"})
+    data_dir = write_two_subject_dataset(tmp_path / "one", num_videos=1, **CLIP)
+    run = run_config(model_config, data_dir, tmp_path / "run", steps=300, eval_every=50, learning_rate=1e-2,
+                     warmup_steps=0, caption_dropout=0.0)
+    train(run, show_progress=False)
+    evaluations = [r for r in read_progress(tmp_path / "run" / "progress.jsonl") if r.get("event") == "eval"]
+    assert [r["step"] for r in evaluations] == [50, 100, 150, 200, 250, 300]
+    scores = [r["losses"]["eval"] for r in evaluations]
+    # Each step draws its own noise and σ, so the fit is slow (a 6 % fall over the run), but steady: the fixed
+    # points see every bit of it, where the training loss swings by 2x from step to step.
+    assert all(later < earlier for earlier, later in zip(scores, scores[1:])), scores
+    assert scores[-1] < 0.96 * scores[0], scores
+
+
+def test_scoring_the_evaluation_loss_leaves_training_as_it_was(model_config, dataset_dir, tmp_path):
+    """Its points come from a generator of their own and it runs without gradients: the adapters are bit-for-bit
+    those of a run without it."""
+    with_eval = run_config(model_config, dataset_dir, tmp_path / "with", steps=4, eval_every=1)
+    without = run_config(model_config, dataset_dir, tmp_path / "without", steps=4, eval_every=0)
+    train(with_eval, show_progress=False)
+    train(without, show_progress=False)
+    a, b = final_adapters(tmp_path / "with"), final_adapters(tmp_path / "without")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert not any(r.get("event") == "eval" for r in read_progress(tmp_path / "without" / "progress.jsonl"))
+
+
 def prepared(model_config, data_dir, out, **train_settings):
     """prepare_training on a freshly loaded tiny model; returns (Training, its first mode: relation)."""
     tiny = load_model(model_config)
@@ -144,8 +172,11 @@ def test_progress_records_every_step_and_the_end(model_config, dataset_dir, tmp_
     run = run_config(model_config, dataset_dir, tmp_path, steps=5, checkpoint_every=100)
     train(run, show_progress=False)
     records = read_progress(tmp_path / "progress.jsonl")
-    steps = [r for r in records if "losses" in r]
+    steps = [r for r in records if "losses" in r and "event" not in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    evaluations = [r for r in records if r.get("event") == "eval"]
+    assert [r["step"] for r in evaluations] == [5]  # eval_every 50: only the last step
+    assert evaluations[0]["losses"].keys() == {"eval", "eval_inside", "eval_outside"}
     assert {"losses", "lr", "sec_per_step", "eta_s", "mode", "steps", "time"} == steps[0].keys() - {"step"}
     assert steps[0]["losses"].keys() == {"loss", "loss_rec"}  # no contrastive term while the bank is empty
     assert all(r["losses"].keys() == {"loss", "loss_rec", "loss_rcl"} for r in steps[1:])  # filled after step 1
@@ -171,6 +202,9 @@ class EventLog(TrainerCallback):
     def on_step(self, report):
         self.events.append(("step", report.step, report.mode))
 
+    def on_evaluation(self, report):
+        self.events.append(("evaluation", report.step, sorted(report.losses)))
+
     def on_checkpoint(self, step, path):
         self.events.append(("checkpoint", step, path.name))
 
@@ -180,22 +214,26 @@ class EventLog(TrainerCallback):
 
 def test_callbacks_hear_the_events_in_order_and_a_resume_starts_at_its_checkpoint(model_config, dataset_dir, tmp_path):
     log = EventLog()
-    run = run_config(model_config, dataset_dir, tmp_path, steps=3, checkpoint_every=2)
+    run = run_config(model_config, dataset_dir, tmp_path, steps=3, checkpoint_every=2, eval_every=2)
     train(run, show_progress=False, callbacks=[log])
     modes = [event[2] for event in log.events if event[0] == "step"]
+    terms = ["eval", "eval_inside", "eval_outside"]
     assert log.events == [
         ("prepared", 0, 2),  # two clips
         ("step", 1, modes[0]),
         ("step", 2, modes[1]),
+        ("evaluation", 2, terms),
         ("checkpoint", 2, "step-0000002"),
         ("step", 3, modes[2]),
+        ("evaluation", 3, terms),  # the last step always gets one
         ("checkpoint", 3, "step-0000003"),  # the last step always gets one
         ("done", 3, "relation_lora.safetensors"),
     ]
     resumed = EventLog()
     longer = run.model_copy(update={"train": run.train.model_copy(update={"steps": 4, "resume": True})})
     train(longer, show_progress=False, callbacks=[resumed])
-    assert [event[:2] for event in resumed.events] == [("prepared", 3), ("step", 4), ("checkpoint", 4), ("done", 4)]
+    assert [event[:2] for event in resumed.events] == [
+        ("prepared", 3), ("step", 4), ("evaluation", 4), ("checkpoint", 4), ("done", 4)]
 
 
 def test_samples_are_rendered_every_n_steps(model_config, dataset_dir, tmp_path):

@@ -39,7 +39,9 @@ class JobStatus:
     memory: str  # the memory preset it trains with (planned when it was queued; models/memory.py)
     eta_s: float | None  # while training
     losses: dict[str, float]  # the latest step's loss terms: "loss", "loss_rec", and "loss_rcl" once it applies
-    loss_history: dict[str, list[tuple[int, float]]]  # (step, value) per term, the run as it was resumed
+    loss_history: dict[str, list[tuple[int, float]]]  # (step, value) per term, the run as it was resumed; the
+    # evaluation loss's terms ("eval", "eval_inside", "eval_outside") beside the training loss's
+    eval_losses: dict[str, float]  # the latest evaluation loss (train/evaluation.py), {} before the first
     sample_video: Path | None  # the newest sample video (RunDir.latest_sample)
     lora_path: Path | None  # when done
     log_tail: list[str]  # the last lines of worker.log
@@ -75,12 +77,16 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
     out = RunDir(job.output_dir)
     records = read_progress(out.progress)
     steps = job.settings["train"]["steps"]  # not job.run: a job saved by an older version must still display
-    step, history, latest = 0, {}, None
+    step, history, latest, evaluated = 0, {}, None, {}
     for record in records:
         if record.get("event") == "start":
             # A resumed run redoes the steps after its checkpoint: forget the first run's values for them.
             step, latest = record["step"], None
             history = {term: [(s, v) for s, v in points if s <= step] for term, points in history.items()}
+        elif record.get("event") == "eval":
+            evaluated = record["losses"]
+            for term, value in evaluated.items():
+                history.setdefault(term, []).append((record["step"], value))
         elif "losses" in record:
             step, latest = record["step"], record
             for term, value in record["losses"].items():
@@ -97,6 +103,7 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         eta_s=latest["eta_s"] if latest is not None and job.state == "training" else None,
         losses=latest["losses"] if latest is not None else {},
         loss_history=history,
+        eval_losses=evaluated,
         sample_video=out.latest_sample(),
         lora_path=next(iter(out.lora_files().values()), None) if job.state == "done" else None,
         log_tail=_tail(job.log_path, LOG_TAIL_LINES),

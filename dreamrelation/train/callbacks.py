@@ -3,6 +3,7 @@ callback overrides only the events it needs. `train` calls them on the main proc
 
     on_prepared     once: model, data, adapters and state are ready (fresh or resumed), the first step is next
     on_step         after every optimizer step
+    on_evaluation   after the evaluation loss is scored (every eval_every steps and at the last)
     on_checkpoint   after a checkpoint is published (the run's last step always gets one)
     on_done         once, after the LoRA is exported
 """
@@ -43,6 +44,15 @@ class StepReport:
     sec_per_step: float  # the step alone (no checkpoint or sample)
 
 
+@dataclass(frozen=True)
+class EvalReport:
+    """The evaluation loss after a step (train/evaluation.py)."""
+
+    step: int  # steps done
+    losses: dict[str, float]  # "eval", "eval_inside", "eval_outside"
+    seconds: float  # what scoring it cost
+
+
 class TrainerCallback:
     """Base class of trainer callbacks: every event is a no-op."""
 
@@ -51,6 +61,9 @@ class TrainerCallback:
 
     def on_step(self, report: StepReport) -> None:
         """One optimizer step has run."""
+
+    def on_evaluation(self, report: EvalReport) -> None:
+        """The evaluation loss has been scored."""
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """The checkpoint of `step` is published at `path`."""

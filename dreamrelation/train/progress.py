@@ -4,6 +4,8 @@ The trainer's records (ProgressRecorder):
     {"event": "start", "step": S, "steps": N, "clips": K, "time": T}       each run, S > 0 when resumed
     {"step": S, "steps": N, "mode": M, "losses": {"loss": ..., "loss_rec": ..., "loss_rcl": ...},
      "lr": LR, "sec_per_step": ..., "eta_s": ..., "time": T}                every log_every steps and the last
+    {"event": "eval", "step": S, "losses": {"eval": ..., "eval_inside": ..., "eval_outside": ...},
+     "seconds": ..., "time": T}                                             every eval_every steps and the last
     {"event": "done", "step": N, "lora": PATH, "time": T}
 """
 
@@ -17,7 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamrelation.train.callbacks import StepReport, TrainerCallback, TrainResult
+from dreamrelation.train.callbacks import EvalReport, StepReport, TrainerCallback, TrainResult
 
 if TYPE_CHECKING:
     from dreamrelation.config import RunConfig
@@ -75,6 +77,9 @@ class ProgressRecorder(TrainerCallback):
         if report.step % self.log_every == 0 or report.step == report.steps:
             eta = statistics.median(self.recent) * (report.steps - report.step)
             self.log.write(**dataclasses.asdict(report), eta_s=round(eta, 1))
+
+    def on_evaluation(self, report: EvalReport) -> None:
+        self.log.write(event="eval", **dataclasses.asdict(report))
 
     def on_done(self, result: TrainResult) -> None:
         self.log.write(event="done", step=result.steps, lora=str(result.lora_path))

@@ -40,7 +40,8 @@ from dreamrelation.models.base import Expert, ModelSpecification
 from dreamrelation.outputs import RunDir
 from dreamrelation.runtime import resolve_device
 from dreamrelation.train import checkpoint as ckpt
-from dreamrelation.train.callbacks import ProgressBar, StepReport, TrainerCallback, TrainResult
+from dreamrelation.train.callbacks import EvalReport, ProgressBar, StepReport, TrainerCallback, TrainResult
+from dreamrelation.train.evaluation import draw_eval_points, evaluation_loss
 from dreamrelation.train.noise_levels import into_range, sample_sigmas
 from dreamrelation.train.planning import plan_training
 from dreamrelation.train.progress import ProgressRecorder
@@ -127,6 +128,7 @@ def train(
         events += [_SampleRenderer(run, loaded, dataset, out)] if run.train.sample_every > 0 else []
         events += callbacks
     _emit(events, "on_prepared", run, training.state.step, len(dataset.records))
+    eval_points = draw_eval_points(training.ctx, run.train.eval_points, run.train.seed) if run.train.eval_every else []
 
     # Phase 4: the loop.
     state, losses = training.state, []
@@ -137,6 +139,10 @@ def train(
         lr = training.lr_schedule.get_last_lr()[0]
         seconds = round(time.perf_counter() - started, 4)
         _emit(events, "on_step", StepReport(state.step, run.train.steps, mode.name, terms, lr, seconds))
+        if eval_points and (state.step % run.train.eval_every == 0 or state.step == run.train.steps):
+            started = time.perf_counter()
+            scores = evaluation_loss(training.ctx, eval_points, training.modes[0])  # the relation mode
+            _emit(events, "on_evaluation", EvalReport(state.step, scores, round(time.perf_counter() - started, 4)))
         if state.step % run.train.checkpoint_every == 0 or state.step == run.train.steps:
             _emit(events, "on_checkpoint", state.step, ckpt.save(out, run, training))
 
