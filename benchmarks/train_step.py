@@ -12,17 +12,26 @@ cached data in two configurations, each in its own process so its peak memory is
 It prints a markdown table of seconds/step (warm-up steps excluded), peak memory and the ratio (b)/(a); the
 project's target is (b)/(a) <= 1.10.
 
-Presets (PRESETS below; each names its family's specification in dreamrelation.models.FAMILIES):
+Presets (PRESETS below; each names its family's specification in dreamrelation.models.FAMILIES, bound to the
+tiny-random pipeline of the same variant where a model's structure differs from the family's default: Wan 2.2's
+two experts and boundary, TI2V-5B's 16x VAE; that pipeline's weights are never used):
   small        (default, CPU) the tiny-random "small" Mochi pipeline (a few million parameters), 25 frames at
                128x128 -> latents (12, 5, 16, 16); peak memory is the process's max RSS.
   small-wan    (CPU) a small random-weight WanTransformer3DModel (4 blocks, 4 heads x 32, text 64, ffn 256, 16
                latent channels), 25 frames at 128x128 -> latents (16, 7, 16, 16).
+  small-wan22  (CPU) the same small transformer trained as Wan 2.2 A14B's high-noise expert (its experts have Wan
+               2.1's architecture; what differs is the expert: sigma drawn from [0.875, 1], as --experts high).
   mochi-1      (needs --device cuda) the full-size MochiTransformer3DModel with random bf16 weights built on the
                GPU (no download), 61 frames at 480x848 -> latents (12, 11, 60, 106), gradient checkpointing on;
                peak memory is torch.cuda.max_memory_allocated, plus MFU against --peak-tflops.
   wan2.1-1.3b  (needs --device cuda) the full-size WanTransformer3DModel of Wan2.1-T2V-1.3B with random bf16
                weights built on the GPU, 81 frames at 480x832 -> latents (16, 21, 60, 104), 512 zero-padded text
                tokens, gradient checkpointing on.
+  wan2.2-5b    (needs --device cuda) the same for Wan2.2-TI2V-5B (30 blocks, 24 heads x 128, ffn 14336, 48 latent
+               channels; its VAE compresses 16x in space), 121 frames at 704x1280 -> latents (48, 31, 44, 80).
+  wan2.2-a14b-high  (needs --device cuda) one expert of Wan2.2-T2V-A14B (Wan 2.1 14B's architecture: 40 blocks,
+               40 heads x 128, ffn 13824), trained as the high-noise expert, 81 frames at 480x832 -> latents
+               (16, 21, 60, 104).
 
 --blocks N builds the model with N blocks instead of its own count; with it the full-size presets also run on
 the CPU (a check of their code path at tiny sizes, not a measurement).
@@ -30,8 +39,10 @@ the CPU (a check of their code path at tiny sizes, not a measurement).
 Run from the repository root:
   PYTHONPATH=. .venv/bin/python benchmarks/train_step.py
   PYTHONPATH=. .venv/bin/python benchmarks/train_step.py --preset small-wan
+  PYTHONPATH=. .venv/bin/python benchmarks/train_step.py --preset small-wan22
   PYTHONPATH=. python benchmarks/train_step.py --preset mochi-1 --device cuda --steps 10 --warmup 2
   PYTHONPATH=. python benchmarks/train_step.py --preset wan2.1-1.3b --device cuda --steps 10 --warmup 2
+  PYTHONPATH=. python benchmarks/train_step.py --preset wan2.2-a14b-high --device cuda --steps 5 --warmup 1
   PYTHONPATH=. .venv/bin/python benchmarks/train_step.py --preset wan2.1-1.3b --device cpu --blocks 2 \
       --frames 9 --height 64 --width 64 --steps 2 --warmup 1
 """
@@ -48,6 +59,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -130,14 +142,19 @@ SMALL_WAN = dict(
     text_dim=64, freq_dim=256, ffn_dim=256, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
     eps=1e-6,
 )
-WAN_1_3B = dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+# The transformer/config.json of the Wan-AI/*-Diffusers models; what every full-size one shares:
+WAN_FULL_SIZE = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6,
 )
+WAN_1_3B = dict(WAN_FULL_SIZE, num_attention_heads=12, in_channels=16, out_channels=16, ffn_dim=8960, num_layers=30)
+WAN22_5B = dict(WAN_FULL_SIZE, num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30)
+# Wan2.2-T2V-A14B's transformer and transformer_2 alike (Wan2.1-T2V-14B's architecture).
+WAN_14B = dict(WAN_FULL_SIZE, num_attention_heads=40, in_channels=16, out_channels=16, ffn_dim=13824, num_layers=40)
 
 
 def wan_config(config: dict, args: argparse.Namespace) -> dict:
+    """`config` with args.blocks blocks when --blocks is given."""
     return config if args.blocks is None else {**config, "num_layers": args.blocks}
 
 
@@ -151,20 +168,25 @@ def build_small_wan(args: argparse.Namespace):
     return transformer, identity_latent_statistics(config["in_channels"])
 
 
-def build_wan_1_3b(args: argparse.Namespace):
-    """Full-size Wan2.1-T2V-1.3B transformer with random bf16 weights on the device; identity latent statistics.
+def full_size_wan(config: dict) -> Callable[[argparse.Namespace], tuple[torch.nn.Module, object]]:
+    """The builder of a full-size WanTransformer3DModel of `config` (one of the dicts above): random bf16 weights
+    on the device, identity latent statistics.
 
     RoPE's cos/sin tables are non-persistent buffers that the meta-device construction leaves empty: they are
     rebuilt on the device (fp32, as a loaded model has them).
     """
-    from diffusers import WanTransformer3DModel
-    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-    config = wan_config(WAN_1_3B, args)
-    transformer = random_on_device(lambda: WanTransformer3DModel(**config), args.device, args.seed)
-    c = transformer.config
-    transformer.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len).to(args.device)
-    return transformer, identity_latent_statistics(config["in_channels"])
+    def build(args: argparse.Namespace):
+        from diffusers import WanTransformer3DModel
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+        built = wan_config(config, args)
+        transformer = random_on_device(lambda: WanTransformer3DModel(**built), args.device, args.seed)
+        c = transformer.config
+        transformer.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len).to(args.device)
+        return transformer, identity_latent_statistics(built["in_channels"])
+
+    return build
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,7 +237,6 @@ class Family:
     video_layers: tuple[str, ...]  # ... and video tokens (checked after text_layers)
     attention_flops: Callable[[int, "Preset", int, int], float]
     attention_formula: str
-    targets: str  # printed under a CUDA run's table
 
 
 MOCHI = Family(
@@ -226,7 +247,6 @@ MOCHI = Family(
     video_layers=("attn1.to_", "ff."),
     attention_flops=joint_attention_flops,
     attention_formula="attention = 4*S^2*hidden*layers (S = video + valid text tokens)",
-    targets="Mochi-1 targets: < 3.35 s/step (the reference's Mochi LoRA step on one H100) and <= 40 GB peak GPU.",
 )
 WAN = Family(
     pipeline="WanPipeline",
@@ -237,7 +257,6 @@ WAN = Family(
     attention_flops=self_cross_attention_flops,
     attention_formula="attention = 4*(T_video^2 + T_video*T_text)*hidden*layers (self-attention, then "
     "cross-attention to every text token: Wan passes no mask)",
-    targets="Wan2.1-1.3B targets: <= 24 GB peak GPU and (b)/(a) s/step <= 1.10.",
 )
 
 
@@ -254,24 +273,41 @@ class Preset:
     text_mask: bool  # the model reads a text mask (Mochi); else padding is zeros and every token is attended (Wan)
     checkpointing: bool
     cpu_alternative: str = "small"  # suggested when a CUDA preset is asked for on the CPU
+    # A tiny-random model (dreamrelation.models.TINY_RANDOM) whose saved pipeline has this model's structure
+    # (experts and boundary, VAE factors); None: the family's specification as registered.
+    structure: str | None = None
+    targets: str = ""  # the model's own targets beyond the ratio's, printed under a CUDA run's table
 
-    @property
+    @cached_property
     def spec(self):
-        from dreamrelation.models import FAMILIES
+        """The family's ModelSpecification, bound to `structure`'s pipeline (built once in the model cache) if set."""
+        from dreamrelation.config import ModelConfig
+        from dreamrelation.models import FAMILIES, resolve_folder
 
-        return FAMILIES[self.family.pipeline]
+        spec = FAMILIES[self.family.pipeline]
+        return spec if self.structure is None else spec.bind(resolve_folder(ModelConfig(name=self.structure)))
 
 
 PRESETS = {
     "small": Preset(MOCHI, build_small, "cpu", frames=25, height=128, width=128, text_len=32, valid_tokens=12,
                     text_mask=True, checkpointing=False),
     "mochi-1": Preset(MOCHI, build_mochi1, "cuda", frames=61, height=480, width=848, text_len=256, valid_tokens=30,
-                      text_mask=True, checkpointing=True),
+                      text_mask=True, checkpointing=True, targets="Mochi-1 targets: < 3.35 s/step (the reference's "
+                      "Mochi LoRA step on one H100) and <= 40 GB peak GPU."),
     # 32 tokens: what the tiny tokenizers read (tiny-random-wan included), as for "small".
     "small-wan": Preset(WAN, build_small_wan, "cpu", frames=25, height=128, width=128, text_len=32,
                         valid_tokens=12, text_mask=False, checkpointing=False),
-    "wan2.1-1.3b": Preset(WAN, build_wan_1_3b, "cuda", frames=81, height=480, width=832, text_len=512,
-                          valid_tokens=30, text_mask=False, checkpointing=True, cpu_alternative="small-wan"),
+    "small-wan22": Preset(WAN, build_small_wan, "cpu", frames=25, height=128, width=128, text_len=32,
+                          valid_tokens=12, text_mask=False, checkpointing=False, structure="tiny-random-wan22"),
+    "wan2.1-1.3b": Preset(WAN, full_size_wan(WAN_1_3B), "cuda", frames=81, height=480, width=832, text_len=512,
+                          valid_tokens=30, text_mask=False, checkpointing=True, cpu_alternative="small-wan",
+                          targets="Wan2.1-1.3B targets: <= 24 GB peak GPU and (b)/(a) s/step <= 1.10."),
+    "wan2.2-5b": Preset(WAN, full_size_wan(WAN22_5B), "cuda", frames=121, height=704, width=1280, text_len=512,
+                        valid_tokens=30, text_mask=False, checkpointing=True, cpu_alternative="small-wan",
+                        structure="tiny-random-wan22-5b"),
+    "wan2.2-a14b-high": Preset(WAN, full_size_wan(WAN_14B), "cuda", frames=81, height=480, width=832, text_len=512,
+                               valid_tokens=30, text_mask=False, checkpointing=True, cpu_alternative="small-wan22",
+                               structure="tiny-random-wan22"),
 }
 
 
@@ -279,14 +315,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; frames/height/width/device default to the preset's values."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="Model and data size.")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="Where to run (default: cpu small and small-wan, "
-                        "cuda mochi-1 and wan2.1-1.3b).")
-    parser.add_argument("--frames", type=int, help="Clip frames, 6k+1 for Mochi, 4k+1 for Wan (default: 25 small "
-                        "and small-wan, 61 mochi-1, 81 wan2.1-1.3b).")
-    parser.add_argument("--height", type=int, help="Clip height in pixels, multiple of 16 (default: 128 / 480).")
-    parser.add_argument("--width", type=int, help="Clip width in pixels, multiple of 16 (default: 128 / 848 / 832).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="Where to run (default: the preset's; cpu for "
+                        "small, small-wan and small-wan22, cuda for the full-size ones).")
+    parser.add_argument("--frames", type=int, help="Clip frames, 6k+1 for Mochi, 4k+1 for Wan (default: the "
+                        "preset's; 25 small*, 61 mochi-1, 81 wan2.1-1.3b and wan2.2-a14b-high, 121 wan2.2-5b).")
+    parser.add_argument("--height", type=int, help="Clip height in pixels, a multiple of 16 (32 for wan2.2-5b) "
+                        "(default: the preset's; 128 / 480 / 704).")
+    parser.add_argument("--width", type=int, help="Clip width in pixels, a multiple of 16 (32 for wan2.2-5b) "
+                        "(default: the preset's; 128 / 848 / 832 / 1280).")
     parser.add_argument("--blocks", type=int, help="Build the transformer with this many blocks instead of its own "
-                        "count (not for small); lets mochi-1 and wan2.1-1.3b run on the CPU as a code-path check.")
+                        "count (not for small); lets the full-size presets run on the CPU as a code-path check.")
     parser.add_argument("--memory", choices=("bf16", "fp8", "offload"), default="bf16",
                         help="Memory preset of the frozen base (dreamrelation.models.memory): bf16 as built, fp8 "
                         "layerwise casting, offload its frozen layers from CPU memory (default bf16).")
@@ -447,6 +485,7 @@ def measure(args: argparse.Namespace) -> dict:
         dataset=dataset, accelerator=make_accelerator(args.device), offload=offload,
     )
     adapters = list(transformer.peft_config)
+    expert = training.ctx.experts[0]  # the one this transformer is: its noise levels are the steps' sigmas
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)  # every adapter is active now
     estimate = estimated_peak(args, transformer, trainable, dtype)
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -471,6 +510,7 @@ def measure(args: argparse.Namespace) -> dict:
         "base_parameters": base_parameters,
         "dtype": str(dtype).removeprefix("torch."),
         "layers": transformer.config.num_layers,
+        "expert": [expert.name, expert.sigma_low, expert.sigma_high],
         "latent_shape": list(shape),
         "seconds": seconds,
         "per_mode": {mode: values for mode, values in per_mode.items() if values},
@@ -509,16 +549,35 @@ def estimated_peak(args: argparse.Namespace, transformer: torch.nn.Module, train
     )
 
 
+def subprocess_environment() -> dict[str, str]:
+    """os.environ with this checkout first on PYTHONPATH, so a child process imports the package wherever run from."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+
+
+def run_marked(command: list[str], marker: str, timeout: float | None = None) -> dict:
+    """Run `command` in a fresh process (its own peak memory) and return the JSON object it printed after `marker`
+    (its last such line) with "wall_s" added; {"error": one line, "wall_s"} when it failed, printed no such line
+    or ran past `timeout` seconds (then it is killed). The protocol of every benchmark that measures in a child."""
+    started = time.perf_counter()
+    try:
+        completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=subprocess_environment(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {timeout:.0f} s (time budget)", "wall_s": time.perf_counter() - started}
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(marker)]
+    if completed.returncode != 0 or not lines:
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {completed.returncode}: {last[:300]}", "wall_s": time.perf_counter() - started}
+    return {**json.loads(lines[-1][len(marker):]), "wall_s": time.perf_counter() - started}
+
+
 def run_in_subprocess(argv: list[str], config: str) -> dict:
     """Re-run this script with `--only config` in a fresh interpreter and return what it measured."""
-    command = [sys.executable, os.path.abspath(__file__), *argv, "--only", config]
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}  # the package, wherever run from
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if completed.returncode != 0 or not lines:
-        sys.exit(f"train_step.py: configuration ({config}) failed with exit code {completed.returncode}")
-    return json.loads(lines[-1][len(RESULT_MARKER) :])
+    result = run_marked([sys.executable, os.path.abspath(__file__), *argv, "--only", config], RESULT_MARKER)
+    if "error" in result:
+        sys.exit(f"train_step.py: configuration ({config}) failed: {result['error']}")
+    return result
 
 
 def typical_seconds(result: dict) -> float:
@@ -567,6 +626,10 @@ def table(args: argparse.Namespace, results: list[dict]) -> str:
     preset = PRESETS[args.preset]
     text = f"{preset.text_len} tokens, {preset.valid_tokens} valid"
     text += "" if preset.text_mask else ", zero-padded, no mask"
+    name, low, high = a["expert"]
+    expert = "" if len(preset.spec.experts) == 1 else (
+        f" Trains the {name}-noise expert: sigma in [{low:g}, {high:g}] (as --experts {name})."
+    )
     blocks = "" if args.blocks is None else (
         f" Built with --blocks {args.blocks} ({a['base_parameters']:,} base parameters, {a['dtype']}): a code-path "
         "check, not the preset's measurement."
@@ -576,7 +639,8 @@ def table(args: argparse.Namespace, results: list[dict]) -> str:
         f"Preset {args.preset} on {args.device} ({torch.get_num_threads()} CPU threads), {args.frames} frames at "
         f"{args.height}x{args.width} -> latents ({c}, {f}, {h}, {w}), text ({text}), gradient checkpointing "
         f"{'on' if preset.checkpointing else 'off'}; "
-        f"{args.warmup} warm-up + {args.steps} timed steps per configuration, each in its own process." + blocks,
+        f"{args.warmup} warm-up + {args.steps} timed steps per configuration, each in its own process."
+        + expert + blocks,
         "Target: (b)/(a) s/step <= 1.10. s/step = mean over the uniformly drawn modes of each mode's median "
         "step time (robust to a step slowed by other processes); s/step (mean) = plain mean of the timed steps. "
         "Peak RSS is the process's ru_maxrss (Python, model and data "
@@ -591,7 +655,7 @@ def table(args: argparse.Namespace, results: list[dict]) -> str:
         lines += [
             f"MFU = model FLOPs / s/step / {args.peak_tflops:g} TFLOP/s (--peak-tflops); HFU counts the "
             "recomputation. Peak GPU = torch.cuda.max_memory_allocated.",
-            preset.family.targets,
+            *([preset.targets] if preset.targets else []),
         ]
     return "\n".join(lines)
 
