@@ -90,6 +90,7 @@ GENERATE_OPTIONS = {
     "--cpu-offload": ("generate", "cpu_offload"),
     "--vae-tiling": ("generate", "vae_tiling"),
     "--fps": ("generate", "fps"),
+    "--compare": ("generate", "compare"),
 }
 INGEST_OPTIONS = {
     "--model": ("model", "name"),
@@ -208,6 +209,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result = generate(model, args.lora, request, args.output)
     frames, height, width, _ = result.frames.shape
     print(f"wrote {result.path} ({frames} frames, {width}x{height})")
+    if result.comparison is not None:
+        print(f"wrote {result.comparison.base_path} (the base model alone) and {result.comparison.path} (side by side)")
     return 0
 
 

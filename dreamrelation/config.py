@@ -330,6 +330,10 @@ class GenerateConfig(_Settings):
     cpu_offload: bool = Field(False, description="Model CPU offload (GPU memory saver).")
     vae_tiling: bool = Field(False, description="Decode in tiles (GPU memory saver).")
     fps: int | None = Field(None, ge=1, description="Frame rate of the written mp4; None: the model's.")
+    compare: bool = Field(
+        False, description="Also generate the same prompt, seed and settings with the base model alone, and write "
+        "both side by side, labelled (OUTPUT_compare.mp4), beside the base's own video (OUTPUT_base.mp4).",
+    )
 
     @model_validator(mode="after")
     def _check(self):

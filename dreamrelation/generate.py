@@ -21,9 +21,40 @@ class GenerationError(ValueError):
 
 
 @dataclass
+class Comparison:
+    """The base model's video of the same request, and both side by side."""
+
+    base_frames: np.ndarray  # uint8 (F, H, W, 3): the request without the relation
+    base_path: Path
+    frames: np.ndarray  # uint8 (F, LABEL + H, 2 W, 3): base left, relation right, a label band above each
+    path: Path
+
+
+@dataclass
 class GenerationResult:
     frames: np.ndarray  # uint8 (F, H, W, 3)
     path: Path
+    comparison: Comparison | None = None  # when the request asked to compare with the base
+
+
+def comparison_paths(output: Path) -> tuple[Path, Path]:
+    """(the base model's video, the side-by-side video) written beside a generation's `output`."""
+    return output.with_name(f"{output.stem}_base.mp4"), output.with_name(f"{output.stem}_compare.mp4")
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str]) -> np.ndarray:
+    """Two clips uint8 (F, H, W, 3) -> one uint8 (F, B + H, 2 W, 3): `left` beside `right`, each under a black
+    band of height B (even, about a twelfth of H, at least 12 px) holding its label in white."""
+    from PIL import Image, ImageDraw
+
+    frames, height, width, _ = left.shape
+    band = max(12, height // 12 + height // 12 % 2)
+    strip = Image.new("RGB", (2 * width, band))
+    draw = ImageDraw.Draw(strip)
+    for index, label in enumerate(labels):
+        draw.text((index * width + 2, 0), label, fill=(255, 255, 255), font_size=band - 2)
+    header = np.broadcast_to(np.asarray(strip), (frames, band, 2 * width, 3))
+    return np.concatenate([header, np.concatenate([left, right], axis=2)], axis=1)
 
 
 def resolve_lora_files(lora: Path) -> dict[str, Path]:
@@ -133,19 +164,31 @@ def generate(
 ) -> GenerationResult:
     """Generate one video with the base model and (unless `lora` is None) a relation LoRA; writes `output` (.mp4).
 
-    Everything is validated before the model loads. Returns the frames (uint8 (F, H, W, 3)) and the path.
+    With `config.compare` it first renders the same request with the base model alone (before the relation is
+    loaded, so the base is untouched) and writes it and both side by side beside `output` (comparison_paths).
+    Everything is validated before the model loads. Returns the frames (uint8 (F, H, W, 3)), the path and, when
+    compared, the Comparison.
     """
     from dreamrelation.data.video import write_video
 
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise GenerationError(f"output must be an .mp4 file, got {output.name!r}")
+    if config.compare and lora is None:
+        raise GenerationError("compare shows a relation beside the base model: choose a relation (--lora) first")
     lora_files = resolve_lora_files(lora) if lora is not None else None
     loaded = loaded or load_model(model)
     if config.cpu_offload and loaded.device.type == "cuda":
         loaded.pipe.enable_model_cpu_offload()
     if config.vae_tiling:
         loaded.pipe.vae.enable_tiling()
+    fps = config.fps or loaded.defaults.fps
+    base = render(loaded, config) if config.compare else None
     with relation_lora(loaded, lora_files, config.lora_scale, config.fuse_lora):
         frames = render(loaded, config)
-    return GenerationResult(frames=frames, path=write_video(output, frames, fps=config.fps or loaded.defaults.fps))
+    comparison = None
+    if base is not None:
+        base_path, compare_path = comparison_paths(output)
+        both = side_by_side(base, frames, ("base model", "with the relation"))
+        comparison = Comparison(base, write_video(base_path, base, fps=fps), both, write_video(compare_path, both, fps=fps))
+    return GenerationResult(frames=frames, path=write_video(output, frames, fps=fps), comparison=comparison)

@@ -82,6 +82,9 @@ def test_upload_masks_train_follow_generate(app_server, relation_videos):
     job_id = _train(client, relation_videos)
     updates = _follow(client, job_id)
     assert updates[-1]["state"] == "done" and updates[-1]["step"] == SETTINGS["steps"]
+    # The evaluation loss of the last step (train/evaluation.py), also in the plot's history.
+    assert updates[-1]["eval_losses"].keys() == {"eval", "eval_inside", "eval_outside"}
+    assert [step for step, _ in updates[-1]["loss_history"]["eval"]] == [SETTINGS["steps"]]
     relations = client.predict(api_name="/list_relations")
     assert [r["job_id"] for r in relations] == [job_id]
 
@@ -89,6 +92,10 @@ def test_upload_masks_train_follow_generate(app_server, relation_videos):
     path = video["video"] if isinstance(video, dict) else video
     info = probe_video(Path(path))
     assert (info.num_frames, info.width, info.height) == (7, 64, 64)
+    compared = client.predict(job_id, "A red circle orbits a blue square.", "", 0, 2, 6.0, 7, 1.0, True,
+                              api_name="/generate")
+    info = probe_video(Path(compared["video"] if isinstance(compared, dict) else compared))
+    assert (info.num_frames, info.width, info.height) == (7, 128, 64 + 12)  # base | relation, under their labels
     lora, settings = client.predict(job_id, api_name="/download_relation")
     assert Path(lora).name == "relation_lora.safetensors" and Path(settings).name == "config.yaml"
 

@@ -172,7 +172,7 @@ def test_view_api_names_every_parameter(server):
         "/start_training": ["dataset_id", "preset", "steps", "learning_rate", "seed", "sample_every", "rank",
                             "lambda_mask", "lambda_contrastive", "num_frames", "height", "width", "experts"],
         "/generate": ["relation_id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "num_frames",
-                      "lora_scale"],
+                      "lora_scale", "compare"],
         "/create_masks": ["videos", "captions", "relation", "subjects", "engine"],
         "/correct_masks": ["dataset_id", "video", "frame", "subject", "points"],
     }

@@ -188,15 +188,18 @@ def build_callbacks(studio: Studio):
     @on_zero_gpu
     def generate(relation_id: str | None = None, prompt: str | None = None, negative_prompt: str = "", seed: int = 0,
                  steps: int | None = None, guidance_scale: float | None = None, num_frames: int | None = None,
-                 lora_scale: float = 1.0, request: gr.Request = None):
+                 lora_scale: float = 1.0, compare: bool = False, request: gr.Request = None):
         """Generate a video of a trained relation (its job id; left out or 'base': the base model alone);
-        steps, guidance_scale and num_frames left out (num_frames 0 too) are the model's. Returns the mp4."""
+        steps, guidance_scale and num_frames left out (num_frames 0 too) are the model's. With `compare`, the same
+        request is also rendered by the base model alone. Returns the mp4: with `compare`, both side by side
+        (base left, relation right, labelled)."""
         request_config = GenerateConfig.model_validate(dict(
             prompt=prompt or "", negative_prompt=negative_prompt or "", seed=seed, steps=steps,
             guidance_scale=guidance_scale, num_frames=num_frames or None, lora_scale=lora_scale,
+            compare=bool(compare),
         ))
         record = studio.generate(owner_of(request), str(relation_id or BASE_MODEL).strip(), request_config)
-        return served(record.video)
+        return served(record.comparison or record.video)
 
     @user_errors
     def download_relation(relation_id: str, request: gr.Request = None):

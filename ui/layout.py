@@ -128,6 +128,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 frames = _value(studio.clip_defaults.num_frames, f"Frames ({studio.spec.frame_group}k+1)",
                                 elem_id="gen-frames")
                 lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")
+                compare = gr.Checkbox(False, label="Compare with the base model", elem_id="compare",
+                                      info="Also render the same prompt and seed without the relation: the base on "
+                                      "the left, the relation on the right.")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
             result = gr.Video(label="Result", height=320, elem_id="result-video")
             history = gr.Gallery(label="Earlier generations of this relation", columns=4, height=280, elem_id="gallery")
@@ -162,7 +165,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         relations_api = gr.JSON(visible=False)
         refresh.click(cb.list_relations, None, relations_api, api_name="list_relations", **LIGHT)
         gr.on([refresh.click, demo.load], cb.relation_choices, None, relation_pick, **PRIVATE)
-        go.click(cb.generate, [relation_pick, prompt, negative, seed, steps, guidance, frames, lora_scale], result,
+        go.click(cb.generate, [relation_pick, prompt, negative, seed, steps, guidance, frames, lora_scale, compare], result,
                  api_name="generate", concurrency_limit=1).then(cb.relation_gallery, relation_pick, history, **PRIVATE)
         relation_pick.change(cb.relation_gallery, relation_pick, history, **PRIVATE)
         download.click(cb.download_relation, relation_pick, files, api_name="download_relation")

@@ -25,6 +25,14 @@ class GenerationRecord:
     video: Path
     settings: dict
 
+    @property
+    def comparison(self) -> Path | None:
+        """The side-by-side video with the base model, when the request compared (generate.comparison_paths)."""
+        from dreamrelation.generate import comparison_paths
+
+        path = comparison_paths(self.video)[1]
+        return path if path.exists() else None
+
     def to_dict(self) -> dict:
         return {"video": str(self.video), "settings": self.settings}
 
@@ -57,7 +65,7 @@ class Generator:
             loaded = self.loaded()
             # Saved with the values it ran with, not None: the gallery shows what made each video.
             request = with_model_defaults(loaded, request).model_copy(update={"fuse_lora": False})
-            number = len(list(folder.glob("*.mp4")))
+            number = len(list(folder.glob("*.json")))  # one settings file per generation (a comparison has 3 mp4s)
             output = folder / f"{number:04d}.mp4"
             generate(self.model, lora_file, request, output, loaded=loaded)  # leaves the pipeline as it was
         settings = {**relation, **request.model_dump(mode="json"), "created": time.time()}
