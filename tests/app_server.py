@@ -21,11 +21,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(home: Path, cache_dir: Path, port: int, log: Path, extra_args=()) -> subprocess.Popen:
-    """`python app.py` on the tiny model (plus `extra_args`), serving on 127.0.0.1:port; returns once it answers."""
+def start_app(home: Path, cache_dir: Path, port: int, log: Path, extra_args=(), extra_env=None) -> subprocess.Popen:
+    """`python app.py` on the tiny model (plus `extra_args`, and `extra_env` in its environment), serving on
+    127.0.0.1:port; returns once it answers."""
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "DREAMRELATION_HOME": str(home), "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
     server = subprocess.Popen([sys.executable, "app.py", "--model", "tiny-random", *extra_args], cwd=REPO, env=env,
                               stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120

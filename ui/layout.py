@@ -62,6 +62,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         gr.Markdown("# DreamRelation Studio\nTeach a video model a relation from a few videos, then generate it "
                     "with new subjects.")
         gr.Markdown(studio.describe(), elem_id="model-info")
+        if warning := studio.storage_warning():
+            gr.Markdown(f"⚠️ {warning}", elem_id="storage-warning")
         dataset_id = gr.Textbox(label="Dataset id", interactive=False, elem_id="dataset-id")
 
         with gr.Tab("1. Data & masks", elem_id="tab-data"):
@@ -95,6 +97,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 repropagate = gr.Button("Re-propagate with these points", elem_id="repropagate")
 
         with gr.Tab("2. Train", elem_id="tab-train"):
+            if refusal := studio.training_refusal():
+                gr.Markdown(f"⚠️ Here {refusal}.", elem_id="training-refusal")
             # A dropdown that passes any value on: build_run names the presets (a Radio refuses others itself,
             # logging a traceback for a caller's typo).
             preset = gr.Dropdown(list(TRAINING_PRESETS), value=DEFAULT_PRESET, label="Preset", info=preset_help(),

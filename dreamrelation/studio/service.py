@@ -23,7 +23,7 @@ from dreamrelation.runtime import resolve_device
 from dreamrelation.studio import datasets
 from dreamrelation.studio.generation import GenerationRecord, Generator, gallery
 from dreamrelation.studio.training import build_run
-from dreamrelation.studio.workspace import StudioError, Workspace
+from dreamrelation.studio.workspace import ZERO_GPU_ENV, StudioError, Workspace, lost_on_restart
 from dreamrelation.train.planning import plan_training
 
 BASE_MODEL = "base"  # the relation id that means "no LoRA: the base model alone"
@@ -80,7 +80,7 @@ class Studio:
             else "the CPU: only small models such as the embedded toy model are practical; training takes "
             "minutes, generation seconds"
         )
-        if os.environ.get("SPACES_ZERO_GPU"):
+        if os.environ.get(ZERO_GPU_ENV):
             where = "ZeroGPU: a GPU is lent per generation; training needs dedicated GPU hardware (Space settings)"
         experts = self.spec.experts
         if len(experts) > 1:
@@ -93,6 +93,23 @@ class Studio:
             f"{d.width}x{d.height}, {d.fps} fps), "
             f"running on {where}.{experts_line}"
         )
+
+    def storage_warning(self) -> str | None:
+        """One line for the page when the data folder is on a Space's own disk (wiped by a restart), else None."""
+        if not lost_on_restart(self.workspace.home):
+            return None
+        return (f"This Space keeps its data in {self.workspace.home}, on its own disk: a restart loses every job, "
+                "dataset and relation. Mount a storage bucket as a volume and point DREAMRELATION_HOME at it "
+                "(README, 'Docker and Spaces').")
+
+    def training_refusal(self) -> str | None:
+        """Why this hardware cannot train (one line), None when it can: ZeroGPU lends a GPU per call, for seconds
+        to minutes, and a relation trains for hours."""
+        if os.environ.get(ZERO_GPU_ENV):
+            return ("training needs dedicated GPU hardware: ZeroGPU lends a GPU per call, for minutes; pick a GPU "
+                    "in the Space's settings (README, 'Models': a 24 GB card for the smaller models, 80 GB for the "
+                    "largest), or train elsewhere and generate here")
+        return None
 
     # Datasets and masks.
     def create_dataset(
@@ -129,6 +146,8 @@ class Studio:
     # Training jobs.
     def start_training(self, owner: str, dataset_id: str, preset: str = "quick", settings: dict | None = None) -> Job:
         """Queue a training job on one of the owner's datasets; returns the job (its id is the relation's id)."""
+        if refusal := self.training_refusal():
+            raise StudioError(refusal)
         report = self.dataset(owner, dataset_id)
         if not report.ready:
             raise StudioError(f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")

@@ -23,7 +23,24 @@ from dreamrelation.studio.owners import OwnerKeys, is_owner_key, migrate_legacy_
 
 _DATASET_ID = re.compile(r"^[a-z0-9_-]{1,60}-[0-9a-f]{8}$")
 _RELATION_ID = re.compile(r"^[a-z0-9]{1,16}$")  # a job id, or "base" for the base model
-_SPACES_STORAGE = Path("/data")  # Hugging Face Spaces' persistent storage, when the Space has it
+_SPACES_STORAGE = Path("/data")  # where the README mounts a storage bucket on a Hugging Face Space
+SPACE_ENV = "SPACE_ID"  # set by Hugging Face Spaces in every Space's container
+ZERO_GPU_ENV = "SPACES_ZERO_GPU"  # set on ZeroGPU hardware, which lends a GPU per call
+
+
+def lost_on_restart(home: Path, mount_points: list[str] | None = None) -> bool:
+    """Whether `home` sits on a Hugging Face Space's own disk, which a restart wipes, rather than on mounted
+    storage (a bucket volume): on a Space (SPACE_ENV set), the deepest of `mount_points` (psutil's, by default)
+    holding `home` is the container's root. Never True off a Space."""
+    if not os.environ.get(SPACE_ENV):
+        return False
+    if mount_points is None:
+        import psutil
+
+        mount_points = [partition.mountpoint for partition in psutil.disk_partitions(all=True)]
+    home = Path(home).resolve()
+    holding = [Path(point) for point in mount_points if home == Path(point) or Path(point) in home.parents]
+    return max(holding, key=lambda point: len(point.parts), default=Path("/")) == Path("/")
 
 
 class StudioError(ValueError):
