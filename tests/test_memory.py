@@ -174,3 +174,4 @@ def test_the_studio_refuses_a_job_that_cannot_fit_before_a_worker_starts(cache_d
     job = studio.start_training(owner, dataset.dataset_id, "quick", settings)
     assert job.source["memory"]["preset"] == "bf16"  # the planned preset is the one the worker will use
     assert studio.job_status(owner, job.id).memory == "bf16"
+    assert studio.job_status(owner, job.id).memory_note.startswith("memory bf16 (the least lossy preset that fits)")

@@ -180,6 +180,9 @@ def test_a_job_resolves_its_model_once_and_the_worker_uses_the_pinned_plan(cache
     job = studio.start_training(owner, dataset.dataset_id, "quick",
                                 {"steps": 2, "num_frames": 13, "height": 64, "width": 64, "experts": "low"})
     assert job.source["folder"] == str(studio.source.folder) and job.source["memory"]["preset"] == "bf16"
+    # What the preset means here: the job summary says fp32 on a CPU, not "bf16".
+    assert "on the CPU" in studio.job_status(owner, job.id).memory_note
+    assert "fp32" in studio.job_status(owner, job.id).memory_note
     assert run_job(studio.workspace.store, job.id) == 0
     assert resolved == ["tiny-random-wan22"]  # once, when the app planned the job; the worker used the pin
     assert set(RunDir(job.output_dir).lora_files()) == {"transformer_2"}

@@ -216,8 +216,8 @@ def build_callbacks(studio: Studio):
         queue = f", position {status.queue_position} in the queue" if status.queue_position else ""
         eta = f", about {int(status.eta_s)} s left" if status.eta_s else ""
         error = f"\n\n**Error:** {status.error}" if status.error else ""
-        summary = (f"**{status.relation}** — {status.state}{queue}: step {status.step}/{status.steps}{eta}, memory "
-                   f"{status.memory}{error}")
+        summary = (f"**{status.relation}** — {status.state}{queue}: step {status.step}/{status.steps}{eta}; "
+                   f"{status.memory_note}{error}")
         rows = [{"step": s, "value": v, "term": term} for term, points in status.loss_history.items() for s, v in points]
         import pandas as pd
 

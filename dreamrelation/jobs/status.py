@@ -37,6 +37,7 @@ class JobStatus:
     steps: int
     fraction: float  # step / steps
     memory: str  # the memory preset it trains with (planned when it was queued; models/memory.py)
+    memory_note: str  # what that means on its device, and why (the plan's reason, e.g. fp32 on the CPU)
     eta_s: float | None  # while training
     losses: dict[str, float]  # the latest step's loss terms: "loss", "loss_rec", and "loss_rcl" once it applies
     loss_history: dict[str, list[tuple[int, float]]]  # (step, value) per term, the run as it was resumed; the
@@ -100,6 +101,7 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         steps=steps,
         fraction=min(step / steps, 1.0),
         memory=job.source["memory"]["preset"] if job.source else job.settings["model"]["memory"],
+        memory_note=job.source["memory"]["reason"] if job.source else f"memory {job.settings['model']['memory']}",
         eta_s=latest["eta_s"] if latest is not None and job.state == "training" else None,
         losses=latest["losses"] if latest is not None else {},
         loss_history=history,
