@@ -99,8 +99,10 @@ def report_outputs(report: DatasetReport):
     if engines:
         lines.append(f"Masks made with: {', '.join(sorted(engines))}.")
     lines += [f"> {notice}" for notice in sorted(notices)]
+    if report.videos:
+        lines.append("✅ masks ready · ⚠️ masks made, but check the warning · ❌ no masks: left out of training")
     for video in report.videos:
-        subjects = " / ".join(video.subjects) if video.subjects else "?"
+        subjects = f"subjects {' and '.join(video.subjects)}" if video.subjects else "no two subjects in its caption"
         status = f"❌ {video.error}" if video.error else ("⚠️ " + "; ".join(video.flags) if video.flags else "✅ ok")
         lines.append(f"- `{video.name}` ({subjects}): {status}")
     lines += [f"- rejected: {line}" for line in report.rejected]
