@@ -44,7 +44,7 @@ def comparison_paths(output: Path) -> tuple[Path, Path]:
 
 def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str]) -> np.ndarray:
     """Two clips uint8 (F, H, W, 3) -> one uint8 (F, B + H, 2 W, 3): `left` beside `right`, each under a black
-    band of height B (even, about a twelfth of H, at least 12 px) holding its label in white."""
+    band of height B (even, about a twelfth of H, at least 12 px) holding its label in white, as large as fits."""
     from PIL import Image, ImageDraw
 
     frames, height, width, _ = left.shape
@@ -52,7 +52,10 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str]) -
     strip = Image.new("RGB", (2 * width, band))
     draw = ImageDraw.Draw(strip)
     for index, label in enumerate(labels):
-        draw.text((index * width + 2, 0), label, fill=(255, 255, 255), font_size=band - 2)
+        size = band - 2  # the largest that fits the band, then smaller until the label fits its half
+        while size > 6 and draw.textlength(label, font_size=size) > width - 4:
+            size -= 1
+        draw.text((index * width + 2, 0), label, fill=(255, 255, 255), font_size=size)
     header = np.broadcast_to(np.asarray(strip), (frames, band, 2 * width, 3))
     return np.concatenate([header, np.concatenate([left, right], axis=2)], axis=1)
 

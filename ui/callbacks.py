@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,6 +85,14 @@ def served(path: Path) -> str:
     return processing_utils.save_file_to_cache(path, cache_dir=utils.get_upload_folder())
 
 
+def _when(seconds: float) -> str:
+    """'14:05' today, else '3 Dec 14:05': what tells one of a user's jobs or relations from another of that name."""
+    moment = time.localtime(seconds)
+    today = time.localtime()
+    same_day = (moment.tm_year, moment.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M" if same_day else "%-d %b %H:%M", moment)
+
+
 def _paths(files) -> list[Path]:
     if not files:
         return []
@@ -93,7 +102,7 @@ def _paths(files) -> list[Path]:
 
 def report_outputs(report: DatasetReport):
     """(dataset id, summary markdown, overlay gallery items, video names) of a dataset report."""
-    lines = [f"**{report.relation}** — dataset `{report.dataset_id}`: {len(report.videos)} video(s)"]
+    lines = [f"**{report.relation}**: {len(report.videos)} video(s)"]
     engines = {v.engine for v in report.videos if v.engine}
     notices = {v.notice for v in report.videos if v.notice}
     if engines:
@@ -230,7 +239,8 @@ def build_callbacks(studio: Studio):
     @user_errors
     def relation_choices(request: gr.Request):
         relations = studio.list_relations(owner_of(request))
-        choices = [(f"{r.relation} ({r.job_id})", r.job_id) for r in relations] + [("base model (no relation)", BASE_MODEL)]
+        choices = [(f"{r.relation} — {r.steps} steps, {_when(r.created)}", r.job_id) for r in relations]
+        choices += [("base model (no relation)", BASE_MODEL)]
         return gr.update(choices=choices, value=choices[0][1])
 
     @user_errors
@@ -239,9 +249,23 @@ def build_callbacks(studio: Studio):
         return [(served(r.video), f"{r.settings['prompt']} (seed {r.settings['seed']})") for r in records]
 
     @user_errors
+    def dataset_choices(request: gr.Request):
+        """The owner's datasets by name (values: their ids), newest first; the pick stays where it is, or takes
+        the newest when there is none."""
+        reports = studio.list_datasets(owner_of(request))
+        choices = [(f"{r.relation} — {len(r.videos)} video(s), {'ready' if r.ready else 'no masks'}", r.dataset_id)
+                   for r in reports]
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def example_preview(example: str):
+        """A copy of the first video of a bundled example (None for an unknown name)."""
+        path = studio.example_preview(example)
+        return served(path) if path is not None else None
+
+    @user_errors
     def my_jobs(request: gr.Request):
         jobs = studio.list_jobs(owner_of(request))
-        return gr.update(choices=[(f"{j.relation} — {j.state} ({j.id})", j.id) for j in jobs])
+        return gr.update(choices=[(f"{j.relation} — started {_when(j.created)}", j.id) for j in jobs])
 
     def preset_form(preset: str):
         values = preset_values(preset)
@@ -256,5 +280,5 @@ def build_callbacks(studio: Studio):
     return SimpleNamespace(**{f.__name__: f for f in (
         create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job,
         list_relations, generate, download_relation, refresh_job, relation_choices, relation_gallery, my_jobs,
-        preset_form, show_frame,
+        preset_form, show_frame, dataset_choices, example_preview,
     )})

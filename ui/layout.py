@@ -64,11 +64,20 @@ def build_demo(studio: Studio) -> gr.Blocks:
         gr.Markdown(studio.describe(), elem_id="model-info")
         if warning := studio.storage_warning():
             gr.Markdown(f"⚠️ {warning}", elem_id="storage-warning")
-        dataset_id = gr.Textbox(label="Dataset id", interactive=False, elem_id="dataset-id")
+        examples = list_examples()
 
         with gr.Tab("1. Data & masks", elem_id="tab-data"):
             with gr.Row():
                 with gr.Column():
+                    gr.Markdown("**Start from an example** (videos, captions and masks of a relation the toy "
+                                "model learns), or upload your own videos of one relation below.")
+                    example = gr.Dropdown(examples, value=examples[0] if examples else None, label="Example",
+                                          elem_id="example")
+                    example_preview = gr.Video(cb.example_preview(examples[0]) if examples else None,
+                                               label="One of its videos", height=200, interactive=False,
+                                               elem_id="example-preview")
+                    use_example = gr.Button("Load this example", variant="primary", elem_id="load-example")
+                    gr.Markdown("**Or upload your videos**")
                     videos = gr.File(label=f"Relation videos (1–{MAX_VIDEOS})", file_count="multiple",
                                      file_types=VIDEO_TYPES, elem_id="videos")
                     relation = gr.Textbox(label="Relation name", placeholder="shaking hands", elem_id="relation")
@@ -78,9 +87,6 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           elem_id="subjects")
                     engine = gr.Radio(["auto", "sam2", "basic"], value="auto", label="Mask engine", elem_id="engine")
                     make_masks = gr.Button("Upload and make masks", variant="primary", elem_id="make-masks")
-                    with gr.Row():
-                        example = gr.Dropdown(list_examples(), label="Or start from an example", elem_id="example")
-                        use_example = gr.Button("Load example", elem_id="load-example")
                 with gr.Column():
                     summary = gr.Markdown(elem_id="masks-summary")
                     overlays = gr.Gallery(label="Masks (subject 1 red, subject 2 green)", columns=3, height=320,
@@ -101,20 +107,26 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 gr.Markdown(f"⚠️ Here {refusal}.", elem_id="training-refusal")
             # A dropdown that passes any value on: build_run names the presets (a Radio refuses others itself,
             # logging a traceback for a caller's typo).
+            # Picked by name; the value (what the API takes and returns) is the dataset's id.
+            dataset_id = gr.Dropdown([], label="Dataset to train on", allow_custom_value=True, elem_id="dataset-pick",
+                                     info="The dataset you made or loaded last, or any other of yours.")
             preset = gr.Dropdown(list(TRAINING_PRESETS), value=DEFAULT_PRESET, label="Preset", info=preset_help(),
                                  allow_custom_value=True, elem_id="preset")
             form = _settings_form(preset_values(DEFAULT_PRESET), studio.spec.experts)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
-                job_id = gr.Textbox(label="Job id", elem_id="job-id")
-                my_jobs = gr.Dropdown([], label="Your jobs", elem_id="my-jobs")
-            with gr.Row():
+                # Picked by name; the value (what the API takes and returns) is the job's id.
+                job_id = gr.Dropdown([], label="Job", allow_custom_value=True, elem_id="my-jobs",
+                                     info="The job this tab follows: the one you started last, or any other of yours.")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-job")
                 resume = gr.Button("Resume", elem_id="resume-job")
-                job_state = gr.Textbox(label="Last action", interactive=False, elem_id="job-action")
+            job_state = gr.Textbox(visible=False)  # what cancel/resume answer through the API; the summary shows it
+            status_request = gr.Button(visible=False)  # the named /job_status endpoint (a stream, not for the page)
             job_summary = gr.Markdown(elem_id="job-summary")
             progress_bar = gr.Slider(0, 1, value=0, label="Progress", interactive=False, elem_id="job-progress")
-            loss_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms", elem_id="loss-plot")
+            loss_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms: training (each step) and "
+                                    "eval (fixed clips, noise and σ, every 50 steps; inside/outside the masks)",
+                                    elem_id="loss-plot")
             sample_video = gr.Video(label="Latest sample", height=240, elem_id="sample-video")
             log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
             timer = gr.Timer(1.0)
@@ -128,10 +140,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 seed = _value(0, "Seed", elem_id="gen-seed")
                 steps = _value(studio.generation_defaults.steps, "Steps", elem_id="gen-steps")
-                guidance = _value(studio.generation_defaults.guidance_scale, "CFG", elem_id="gen-cfg")
-                frames = _value(studio.clip_defaults.num_frames, f"Frames ({studio.spec.frame_group}k+1)",
-                                elem_id="gen-frames")
-                lora_scale = _value(1.0, "LoRA scale", elem_id="lora-scale")
+                guidance = _value(studio.generation_defaults.guidance_scale, "Guidance (CFG)", elem_id="gen-cfg",
+                                  info="How closely to follow the prompt (classifier-free guidance).")
+                group = studio.spec.frame_group
+                frames = _value(studio.clip_defaults.num_frames, "Frames", elem_id="gen-frames",
+                                info=f"{group}k+1 (e.g. {2 * group + 1}, {4 * group + 1}): the model's video encoder "
+                                f"packs frames in groups of {group} after the first.")
+                lora_scale = _value(1.0, "Relation strength", elem_id="lora-scale",
+                                    info="The relation LoRA's scale: 0 is the base model, 1 as trained.")
                 compare = gr.Checkbox(False, label="Compare with the base model", elem_id="compare",
                                       info="Also render the same prompt and seed without the relation: the base on "
                                       "the left, the relation on the right.")
@@ -144,8 +160,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         # Data & masks.
         mask_outputs = [dataset_id, summary, overlays, video_name]
         make_masks.click(cb.create_masks, [videos, captions, relation, subjects, engine], mask_outputs,
-                         api_name="create_masks")
-        use_example.click(cb.load_example, [example], mask_outputs, api_name="load_example")
+                         api_name="create_masks").then(cb.dataset_choices, None, dataset_id, **PRIVATE)
+        use_example.click(cb.load_example, [example], mask_outputs, api_name="load_example").then(
+            cb.dataset_choices, None, dataset_id, **PRIVATE)
+        example.change(cb.example_preview, example, example_preview, **PRIVATE)
+        demo.load(cb.dataset_choices, None, dataset_id, **PRIVATE)
         repropagate.click(cb.correct_masks, [dataset_id, video_name, frame, subject, points], mask_outputs,
                           api_name="correct_masks").then(lambda: "[]", None, points, **PRIVATE)
         for trigger in (video_name.change, frame.change, overlays.change):
@@ -155,15 +174,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
         # Training.
         preset.change(cb.preset_form, preset, form, **PRIVATE)
         start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training").then(
-            cb.my_jobs, None, my_jobs, **PRIVATE)
+            cb.my_jobs, None, job_id, **PRIVATE)
         status_api = gr.JSON(visible=False)
-        job_id.submit(cb.job_status, job_id, status_api, api_name="job_status", **LIGHT)
-        cancel.click(cb.cancel_job, job_id, job_state, api_name="cancel_job", **LIGHT)
-        resume.click(cb.resume_job, job_id, job_state, api_name="resume_job", **LIGHT)
-        my_jobs.change(lambda picked: picked, my_jobs, job_id, **PRIVATE)
+        status_request.click(cb.job_status, job_id, status_api, api_name="job_status", **LIGHT)
+        for action, name in ((cancel, "cancel_job"), (resume, "resume_job")):
+            action.click(getattr(cb, name), job_id, job_state, api_name=name, **LIGHT).then(
+                cb.my_jobs, None, job_id, **PRIVATE)
         timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE,
                    **LIGHT)
-        demo.load(cb.my_jobs, None, my_jobs, **PRIVATE)
+        demo.load(cb.my_jobs, None, job_id, **PRIVATE)
 
         # Generation.
         relations_api = gr.JSON(visible=False)

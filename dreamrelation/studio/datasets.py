@@ -178,6 +178,21 @@ def read_dataset(workspace: Workspace, owner: str, dataset_id: str) -> DatasetRe
     return DatasetReport(record["dataset_id"], record["relation"], videos, record["rejected"])
 
 
+def list_datasets(workspace: Workspace, owner: str) -> list[DatasetReport]:
+    """`owner`'s datasets, newest first (the reports their folders hold)."""
+    root = workspace.owner_dir(owner) / "datasets"
+    folders = [folder for folder in root.iterdir() if (folder / REPORT_FILE).is_file()] if root.is_dir() else []
+    folders.sort(key=lambda folder: (folder / REPORT_FILE).stat().st_mtime, reverse=True)
+    return [read_dataset(workspace, owner, folder.name) for folder in folders]
+
+
+def example_preview(example: str) -> Path | None:
+    """The first video of a bundled example (what the page shows before it is loaded), None when unknown."""
+    if example not in list_examples():
+        return None
+    return next(iter(sorted((EXAMPLES_DIR / example).glob("*.mp4"))), None)
+
+
 def correct_masks(
     workspace: Workspace,
     owner: str,

@@ -122,12 +122,21 @@ class Studio:
             subjects, progress,
         )
 
+    @staticmethod
+    def example_preview(example: str) -> Path | None:
+        """The first video of a bundled example, None for an unknown name."""
+        return datasets.example_preview(example)
+
     def load_example(self, owner: str, example: str) -> datasets.DatasetReport:
         """A new dataset with a bundled example's videos and ground-truth masks."""
         return datasets.copy_example(self.workspace, owner, example)
 
     def dataset(self, owner: str, dataset_id: str) -> datasets.DatasetReport:
         return datasets.read_dataset(self.workspace, owner, dataset_id)
+
+    def list_datasets(self, owner: str) -> list[datasets.DatasetReport]:
+        """The owner's datasets, newest first."""
+        return datasets.list_datasets(self.workspace, owner)
 
     def overlay_frame(self, owner: str, dataset_id: str, video: str, frame: int):
         """uint8 (H, W, 3): frame `frame` of a video with its masks tinted over it (the frame to click on)."""
