@@ -31,18 +31,19 @@ class HubError(ValueError):
 def check_repo_id(repo_id: str) -> str:
     """`repo_id` (stripped) when it is a model repo id of the form user/name, as the hub client validates it;
     HubError otherwise. The id is not quoted back: a token pasted into the wrong field must not reach a log."""
-    repo_id = repo_id.strip() if isinstance(repo_id, str) else repo_id
+    text = repo_id.strip() if isinstance(repo_id, str) else ""
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(text)
+        valid = text.count("/") == 1
     except HFValidationError:
-        repo_id = None
-    if not repo_id or repo_id.count("/") != 1:
+        valid = False
+    if not valid:
         raise HubError("not a Hub repo id: write user/name (letters, digits, '-', '_' and '.'; no '--' or '..'; "
                        "at most 96 characters)")
-    return repo_id
+    return text
 
 
-def is_hub_id(value: str | Path) -> bool:
+def _is_hub_id(value: str | Path) -> bool:
     """Whether a LoRA argument names a Hub repo (user/name) rather than a local path: a valid id that is no
     existing file or folder."""
     text = str(value)
@@ -56,14 +57,15 @@ def is_hub_id(value: str | Path) -> bool:
 
 
 def relation_folder(lora: str | Path) -> Path:
-    """A LoRA argument as a local path: a Hub id (is_hub_id) is fetched (fetch_relation, with the hub client's
-    own login), anything else is taken as the path it names."""
-    return fetch_relation(str(lora)) if is_hub_id(lora) else Path(lora)
+    """A LoRA argument as a local path: a Hub id (user/name, and no existing file or folder) is fetched
+    (fetch_relation, with the hub client's own login), anything else is taken as the path it names."""
+    return fetch_relation(str(lora)) if _is_hub_id(lora) else Path(lora)
 
 
 def fetch_relation(repo_id: str, token: str | bool | None = None) -> Path:
-    """The snapshot folder (in the hub client's cache) of a relation published on the Hub, downloaded unless the
-    cache has it; offline (HF_HUB_OFFLINE=1) or with the Hub unreachable, the cached snapshot.
+    """The snapshot folder (in the hub client's cache) of a relation published on the Hub: its current revision,
+    of which only the files the cache lacks are downloaded (its LoRA files and config.yaml, nothing else);
+    offline (HF_HUB_OFFLINE=1) or with the Hub unreachable, the cached snapshot.
 
     `token`: None for the hub client's own login (HF_TOKEN or the stored one), False for none (a server's
     visitors must not reach the repos its login opens). HubError for a bad id, a repo that cannot be had, or
