@@ -155,10 +155,10 @@ def model_card(run: RunConfig, pipeline_name: str, captions: list[str],
                loads: list[tuple[str, dict]] = ((LORA_FILENAME, {}),), repo_id: str | None = None,
                sample: str | None = None) -> str:
     """A Hub model card (markdown with YAML metadata) for `run`'s LoRA: base model, relation, a trigger caption
-    (the first of `captions`, the training captions; the metadata's `instance_prompt`), settings and how to load
-    it in `pipeline_name`: one `load_lora_weights` call per (file name, its keyword arguments) of `loads`, from
-    the Hub repo `repo_id` (None: the folder beside the card). `sample`, a video's path beside the card, becomes
-    the card's widget (the trigger caption and that video)."""
+    (the first, in sorted order, of `captions`, the training captions; the metadata's `instance_prompt`),
+    settings and how to load it in `pipeline_name`: one `load_lora_weights` call per (file name, its keyword
+    arguments) of `loads`, from the Hub repo `repo_id` (None: the folder beside the card). `sample`, a video's
+    path beside the card, becomes the card's widget (the trigger caption and that video)."""
     trigger = sorted(set(captions))[0]
     base_id = hub_id(run.model.name)
     base = base_id or f"<the folder of the base model this was trained on ({run.model.name})>"
