@@ -74,8 +74,9 @@ def fetch_relation(repo_id: str, token: str | bool | None = None) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=RELATION_FILES, token=token))
     except Exception as error:  # any failure of the hub client (offline, not found, auth, network) is one line
-        raise HubError(f"relation {repo_id} could not be fetched from the Hub or its cache ({type(error).__name__}): "
-                       f"check the repo name; offline, run `hf download {repo_id}` on a connected machine first") from None
+        raise HubError(f"relation {repo_id} could not be fetched from the Hub or its cache "
+                       f"({type(error).__name__}): check the repo name; offline, run `hf download {repo_id}` on a "
+                       "connected machine first") from None
     if not RunDir(folder).lora_files():
         raise HubError(f"{repo_id} holds no relation LoRA ({LORA_FILENAME}): it is not a published relation")
     return folder
