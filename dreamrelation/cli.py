@@ -298,6 +298,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from dreamrelation.hub import push_relation
+
+    print(f"published {push_relation(args.run_folder, args.repo, private=args.private)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dreamrelation", description="Relation-centric video customisation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -325,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.set_defaults(handler=cmd_masks)
 
     generate = commands.add_parser("generate", help="Generate a video with a relation LoRA.")
-    generate.add_argument("--lora", type=Path, help="A training output folder or its relation_lora.safetensors "
-                          "(omit to generate with the base model alone).")
+    generate.add_argument("--lora", help="A training output folder, its relation_lora.safetensors or the Hub id "
+                          "(user/name) of a published relation (omit to generate with the base model alone).")
     generate.add_argument("--output", type=Path, required=True, help="The .mp4 to write.")
     _add_options(generate, GENERATE_OPTIONS)
     generate.set_defaults(handler=cmd_generate)
@@ -340,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     default_output = comfyui_lora_path(RunDir(Path("RUN_FOLDER")).lora)
     export.add_argument("--output", type=Path, help=f"Where the ComfyUI file goes (default: {default_output}).")
     export.set_defaults(handler=cmd_export)
+
+    push = commands.add_parser("push", help="Publish a trained relation to the Hugging Face Hub.")
+    push.add_argument("run_folder", type=Path, metavar="RUN_FOLDER", help="A training output folder.")
+    # No --token: a flag would land in the shell's history; the hub client reads HF_TOKEN or its stored login.
+    push.add_argument("--repo", required=True, help="The model repo, user/name (created when missing); the token "
+                      "comes from HF_TOKEN or `hf auth login`.")
+    push.add_argument("--private", action="store_true", help="Create the repo private.")
+    push.set_defaults(handler=cmd_push)
     return parser
 
 
@@ -350,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     from dreamrelation.data.video import VideoError
     from dreamrelation.data.ingest import IngestError
     from dreamrelation.generate import GenerationError
+    from dreamrelation.hub import HubError
     from dreamrelation.masks.grounding import DetectorUnavailable
     from dreamrelation.masks.sam2 import SegmenterUnavailable
     from dreamrelation.masks.subjects import SubjectError
@@ -365,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         message = describe_validation_error(error)
     except (
         CliError, DatasetError, VideoError, IngestError, SubjectError, DetectorUnavailable, SegmenterUnavailable,
-        GenerationError, ModelLoadError, InsufficientMemory, ExpertChoiceError, OSError,
+        GenerationError, HubError, ModelLoadError, InsufficientMemory, ExpertChoiceError, OSError,
     ) as error:
         message = str(error)
     except KeyboardInterrupt:

@@ -132,7 +132,7 @@ CARD_TEMPLATE = """---
 
 A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dropped) for `{{ run.model.name }}`.
 
-- Trained on {{ captions | length }} distinct caption(s), e.g. **{{ captions[0] }}**
+- Trigger caption (a training caption): **{{ trigger }}**
 - Prompt it with the same relation and new subjects, e.g. swap the subjects of the caption above.
 - Steps {{ run.train.steps }}, lr {{ run.train.learning_rate }},
   rank {{ method.rank }} / alpha {{ method.resolved_alpha }},
@@ -144,26 +144,32 @@ A DreamRelation relation adapter (`relation` + `ffn` LoRAs; subject adapters dro
 ```python
 from diffusers import {{ pipeline }}
 pipe = {{ pipeline }}.from_pretrained({{ base_literal }})
-{% for load in loads %}pipe.load_lora_weights("<this folder>", {{ load }})
+{% for load in loads %}pipe.load_lora_weights({{ lora_literal }}, {{ load }})
 {% endfor %}video = pipe({{ prompt_literal }}).frames[0]
 ```
 """
+LOCAL_LORA = "<this folder>"  # where the card's loading code takes the LoRA from when it is no Hub repo's
 
 
 def model_card(run: RunConfig, pipeline_name: str, captions: list[str],
-               loads: list[tuple[str, dict]] = ((LORA_FILENAME, {}),)) -> str:
+               loads: list[tuple[str, dict]] = ((LORA_FILENAME, {}),), repo_id: str | None = None,
+               sample: str | None = None) -> str:
     """A Hub model card (markdown with YAML metadata) for `run`'s LoRA: base model, relation, a trigger caption
-    (the first of `captions`, the training captions), settings and how to load it in `pipeline_name`: one
-    `load_lora_weights` call per (file name, its keyword arguments) of `loads`."""
-    captions = sorted(set(captions))
-    repo_id = hub_id(run.model.name)
-    base = repo_id or f"<the folder of the base model this was trained on ({run.model.name})>"
+    (the first, in sorted order, of `captions`, the training captions; the metadata's `instance_prompt`),
+    settings and how to load it in `pipeline_name`: one `load_lora_weights` call per (file name, its keyword
+    arguments) of `loads`, from the Hub repo `repo_id` (None: the folder beside the card). `sample`, a video's
+    path beside the card, becomes the card's widget (the trigger caption and that video)."""
+    trigger = sorted(set(captions))[0]
+    base_id = hub_id(run.model.name)
+    base = base_id or f"<the folder of the base model this was trained on ({run.model.name})>"
+    # The widget entry as diffusers' training scripts write it (load_or_create_model_card's `widget`).
+    widget = [{"text": trigger, "output": {"url": sample}}] if sample else None
     # Not diffusers' load_or_create_model_card: it first looks the card up on the Hub, a network request per
     # export (and an error for a local folder's path); what it does after that is this from_template call.
     card = ModelCard.from_template(
-        ModelCardData(base_model=repo_id), template_str=CARD_TEMPLATE, run=run, method=run.method,
-        captions=captions, pipeline=pipeline_name, base_literal=_python_literal(base),
-        prompt_literal=_python_literal(captions[0]),
+        ModelCardData(base_model=base_id, instance_prompt=trigger, widget=widget), template_str=CARD_TEMPLATE,
+        run=run, method=run.method, trigger=trigger, pipeline=pipeline_name, base_literal=_python_literal(base),
+        prompt_literal=_python_literal(trigger), lora_literal=_python_literal(repo_id or LOCAL_LORA),
         loads=[", ".join([f"weight_name={_python_literal(name)}", *(f"{k}={v!r}" for k, v in kwargs.items())])
                for name, kwargs in loads],
     )

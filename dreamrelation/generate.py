@@ -173,13 +173,14 @@ def generate(
     compared, the Comparison.
     """
     from dreamrelation.data.video import write_video
+    from dreamrelation.hub import relation_folder  # `lora` may also be a published relation's Hub id
 
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise GenerationError(f"output must be an .mp4 file, got {output.name!r}")
     if config.compare and lora is None:
         raise GenerationError("compare shows a relation beside the base model: choose a relation (--lora) first")
-    lora_files = resolve_lora_files(lora) if lora is not None else None
+    lora_files = resolve_lora_files(relation_folder(lora)) if lora is not None else None
     loaded = loaded or load_model(model)
     if config.cpu_offload and loaded.device.type == "cuda":
         loaded.pipe.enable_model_cpu_offload()

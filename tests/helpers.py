@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dreamrelation.config import DataConfig, RunConfig
 from dreamrelation.data.dataset import write_subject_masks
 from dreamrelation.data.video import write_video
+from dreamrelation.export import export_lora
+from dreamrelation.method.adapters import activate_adapters, add_adapters
+from dreamrelation.outputs import RunDir
 
 
 def _square_tracks(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -84,3 +90,48 @@ def transformer_inputs(transformer, seed=0, frames=2, size=4) -> dict:
     text = torch.randn(1, 7, cfg.text_dim, generator=g)
     text[:, 5:] = 0.0  # Wan: padding is zeros, as WanPipeline gives it
     return dict(hidden_states=latents, encoder_hidden_states=text, timestep=torch.tensor([321.0]), return_dict=False)
+
+
+def trained_like(model, method):
+    """Adapters of `method` on a loaded model's transformer with random (non-zero) weights, as after training;
+    returns the transformer."""
+    transformer = model.pipe.transformer
+    add_adapters(transformer, model.spec, method)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    activate_adapters(transformer, ["relation", "ffn"])
+    return transformer
+
+
+def exported_run(model, model_config, method, folder, caption: str = "A dog is chasing a cat."):
+    """Trained-like adapters on a loaded `model` (of `model_config`), exported to the run folder `folder` with the
+    card for `caption` and a config.yaml as training leaves them; returns the LoRA file."""
+    transformer = trained_like(model, method)
+    run = RunConfig(model=model_config, data=DataConfig(data_dir=folder), method=method)
+    lora = export_lora(type(model.pipe), {"transformer": transformer}, run, folder, [caption])
+    RunDir(folder).config.write_text(run.to_yaml())
+    return lora
+
+
+def write_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    """Lay `files` ({path in the repo: local file}) out under `cache` (an HF_HUB_CACHE) as the hub client caches
+    a model repo it downloaded: models--USER--NAME/blobs/<sha256>, snapshots/<commit>/<path> linking to its
+    blob, refs/main naming the commit. Returns the snapshot folder."""
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for name, source in files.items():
+        data = Path(source).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)  # a repo laid out again holds the new files
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -296,7 +296,7 @@ def test_bad_settings_get_one_line_naming_the_field_and_change_nothing(server, f
         ("/generate", (job_id,), {**PROMPT_ARGS, "steps": "many"}, "steps: Input should be a valid integer"),
         ("/generate", (job_id,), {**PROMPT_ARGS, "guidance_scale": -2}, "guidance_scale: must be from 0 to 50"),
         ("/generate", (job_id,), {**PROMPT_ARGS, "prompt": "red " * 2800}, "prompt is 2801 tokens long"),
-        ("/generate", ("../../jobs",), PROMPT_ARGS, "not found"),
+        ("/generate", ("../../jobs",), PROMPT_ARGS, "not a Hub repo id"),
         ("/correct_masks", (dataset_id, video), {"frame": 0, "points": "[[3, 4]]"}, "points: write the points"),
         ("/correct_masks", (dataset_id, video), {"frame": 0, "points": "oops"}, "points: write the points"),
         ("/correct_masks", (dataset_id, video), {"frame": 999, "points": "[[3, 4, 1]]"}, "frame: the video has"),

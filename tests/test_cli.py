@@ -11,15 +11,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dreamrelation.data.video import probe_video
+from dreamrelation.config import MethodConfig
+from dreamrelation.data.video import probe_video, read_frames
 
-from helpers import write_two_subject_dataset
+from helpers import exported_run, write_hub_cache, write_two_subject_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args, cache_dir, *, module="dreamrelation.cli", launcher=(), timeout=600):
-    env = {**os.environ, "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+def run_cli(args, cache_dir, *, module="dreamrelation.cli", launcher=(), timeout=600, env=None):
+    env = {**os.environ, "DREAMRELATION_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           **(env or {})}
     command = [*launcher, "-m", module, *args] if launcher else [sys.executable, "-m", module, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
@@ -86,10 +88,15 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
          "caption is 2802 tokens long and the model reads at most 32; shorten it"),
         (["ingest", "{latin1}", "--data", "{out}/new"], "clip00.txt: caption is not UTF-8 text; save it as UTF-8"),
         (["ingest", "{video}", "--data", "{video}"], "is a file, not a dataset folder"),
+        (["generate", "--prompt", "A dog.", "--lora", "someone/missing", "--output", "{out}/x.mp4"],
+         "relation someone/missing could not be fetched from the Hub or its cache (LocalEntryNotFoundError)"),
+        (["push", "{missing}", "--repo", "someone/approaching"], "no relation LoRA in"),
+        (["push", "{data}", "--repo", "not a repo"], "not a Hub repo id: write user/name"),
     ],
     ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora",
          "negative-seed", "non-numeric-steps", "relation-share", "sigma-sampling", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
-         "mask-colours", "long-caption", "latin1-caption", "data-is-a-file"],
+         "mask-colours", "long-caption", "latin1-caption", "data-is-a-file", "missing-hub-lora", "push-no-run",
+         "push-bad-repo"],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_path, args, message):
     values = {"missing": tmp_path / "missing", "data": data_dir, "out": tmp_path}
@@ -109,6 +116,35 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]) == 1, result.stderr
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "new").exists()
+
+
+def test_generate_takes_a_published_relation_by_its_hub_id_from_the_cache_offline(tiny, model_config, cache_dir,
+                                                                                  tmp_path):
+    run = tmp_path / "run"
+    lora = exported_run(tiny, model_config, MethodConfig(rank=4), run)
+    hub_cache = tmp_path / "hf-cache"
+    write_hub_cache(hub_cache, "someone/approaching", {lora.name: lora, "config.yaml": run / "config.yaml"})
+    request = ["--prompt", "A bear is approaching a raccoon.", "--frames", "13", "--height", "32", "--width", "32",
+               "--steps", "2", "--device", "cpu", "--model", "tiny-random"]
+    videos = {}
+    for name, lora_argument in (("hub", "someone/approaching"), ("local", str(run))):
+        videos[name] = tmp_path / f"{name}.mp4"
+        result = run_cli(["generate", "--lora", lora_argument, "--output", str(videos[name]), *request], cache_dir,
+                         env={"HF_HUB_CACHE": str(hub_cache)})
+        assert result.returncode == 0, result.stderr
+    frames = {name: read_frames(path, list(range(13))) for name, path in videos.items()}
+    assert np.array_equal(frames["hub"], frames["local"])  # the same LoRA, loaded from the cached snapshot
+
+
+def test_push_offline_fails_in_one_line_that_never_shows_the_token(tiny, model_config, cache_dir, tmp_path):
+    token = "hf_SECRETtoken123"
+    exported_run(tiny, model_config, MethodConfig(rank=4), tmp_path / "run")
+    result = run_cli(["push", str(tmp_path / "run"), "--repo", "someone/approaching", "--private"], cache_dir,
+                     env={"HF_TOKEN": token})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("dreamrelation: error: could not publish to the Hub (OfflineModeIsEnabled): "
+                                     "check the token and the repo name")
+    assert token not in result.stdout + result.stderr
 
 
 def test_help_documents_every_option():

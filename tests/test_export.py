@@ -17,25 +17,12 @@ from dreamrelation import cli
 from dreamrelation.config import DataConfig, GenerateConfig, MethodConfig, RunConfig
 from dreamrelation.export import LORA_FILENAME, export_comfyui, export_lora, model_card
 from dreamrelation.generate import GenerationError, generate, render
-from dreamrelation.method.adapters import activate_adapters, add_adapters
+from dreamrelation.method.adapters import activate_adapters
 from dreamrelation.models import load_model
 from dreamrelation.models.wan import ORIGINAL_LORA_NAMES, WanSpecification
 from dreamrelation.outputs import RunDir
 
-from helpers import transformer_inputs
-
-
-def trained_like(tiny, method):
-    """Adapters with random (non-zero) weights, as after training."""
-    transformer = tiny.pipe.transformer
-    add_adapters(transformer, tiny.spec, method)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    activate_adapters(transformer, ["relation", "ffn"])
-    return transformer
+from helpers import exported_run, trained_like, transformer_inputs
 
 
 @pytest.mark.parametrize(
@@ -156,15 +143,6 @@ def test_the_comfyui_keys_are_what_diffusers_converts_back_to_ours():
     torch.testing.assert_close(folded[b] @ folded[a], expected)
 
 
-def _exported(model, model_config, method, folder):
-    """Trained-like adapters on `model`, exported to `folder` with a config.yaml as training leaves it."""
-    transformer = trained_like(model, method)
-    run = RunConfig(model=model_config, data=DataConfig(data_dir=folder), method=method)
-    lora = export_lora(type(model.pipe), {"transformer": transformer}, run, folder, ["A dog is chasing a cat."])
-    RunDir(folder).config.write_text(run.to_yaml())
-    return lora
-
-
 def _stock_frames(folder, lora_file):
     """Frames of a fresh stock WanPipeline that loaded `lora_file`, and the LoRA parameters it made."""
     pipe = WanPipeline.from_pretrained(folder)
@@ -186,7 +164,7 @@ def _stock_frames(folder, lora_file):
 )
 def test_the_comfyui_export_generates_in_stock_wan_what_the_diffusers_file_does(
         wan, wan_config, tmp_path, method, alphas):
-    lora = _exported(wan, wan_config, method, tmp_path)
+    lora = exported_run(wan, wan_config, method, tmp_path)
     comfyui = export_comfyui(lora, wan.spec)
     assert comfyui == tmp_path / "relation_lora_comfyui.safetensors"
     assert comfyui.stat().st_mode & 0o777 == 0o644
@@ -211,7 +189,7 @@ def test_the_comfyui_export_generates_in_stock_wan_what_the_diffusers_file_does(
 
 def test_cli_export_gives_a_wan_runs_comfyui_file_and_refuses_other_families_in_one_line(
         wan, wan_config, tiny, model_config, tmp_path, capsys):
-    lora = _exported(wan, wan_config, MethodConfig(rank=4), tmp_path / "wan")
+    lora = exported_run(wan, wan_config, MethodConfig(rank=4), tmp_path / "wan")
     assert cli.main(["export", str(tmp_path / "wan")]) == 0  # --format diffusers: the file training wrote
     assert capsys.readouterr().out == f"{lora}\n"
     assert cli.main(["export", str(tmp_path / "wan"), "--format", "comfyui"]) == 0
@@ -223,7 +201,7 @@ def test_cli_export_gives_a_wan_runs_comfyui_file_and_refuses_other_families_in_
     assert cli.main(["export", str(tmp_path / "wan"), "--format", "comfyui", "--output", str(elsewhere)]) == 0
     assert capsys.readouterr().out == f"{elsewhere}\n" and load_file(elsewhere).keys() == direct.keys()
 
-    _exported(tiny, model_config, MethodConfig(rank=4), tmp_path / "other")
+    exported_run(tiny, model_config, MethodConfig(rank=4), tmp_path / "other")
     assert cli.main(["export", str(tmp_path / "other"), "--format", "comfyui"]) == 2
     assert capsys.readouterr().err == (
         "dreamrelation: error: this model family has no ComfyUI format; export the diffusers file\n")
@@ -239,7 +217,7 @@ def test_the_apps_downloads_of_a_wan_relation_hold_its_comfyui_file(wan, wan_con
     studio = Studio(tmp_path / "home", wan_config, start_scheduler=False)
     owner = studio.owner_key("session:alice")
     job = studio.scheduler.submit(owner, "chasing", RunConfig(model=wan_config, data=DataConfig(data_dir=tmp_path)))
-    lora = _exported(wan, wan_config, MethodConfig(rank=4), job.output_dir)
+    lora = exported_run(wan, wan_config, MethodConfig(rank=4), job.output_dir)
     studio.workspace.store.update(job.id, state="done")
     files = studio.relation_files(owner, job.id)
     assert files == [lora, RunDir(job.output_dir).config, job.output_dir / "relation_lora_comfyui.safetensors"]

@@ -23,9 +23,8 @@ from dreamrelation.models.wan import WanSpecification
 from dreamrelation.train import checkpoint as ckpt
 from dreamrelation.train.trainer import train
 
-from helpers import write_two_subject_dataset
+from helpers import trained_like, write_two_subject_dataset
 from test_cli import run_cli
-from test_export import trained_like
 
 CLIP = dict(num_frames=13, height=32, width=32)  # 13 = 4k+1
 

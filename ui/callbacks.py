@@ -218,6 +218,15 @@ def build_callbacks(studio: Studio):
         family ComfyUI loads, the LoRA in ComfyUI's format."""
         return [served(p) for p in studio.relation_files(owner_of(request), str(relation_id).strip())]
 
+    @user_errors
+    def publish_relation(relation_id: str, repo_id: str, token: str, private: bool = False,
+                         request: gr.Request = None):
+        """Publish one of your trained relations (its job id) to the Hugging Face Hub as the model repo
+        `repo_id` (user/name, created when missing; `private` for a private one) with your write `token`, which
+        serves this request only and is never stored or logged. Returns the repo's URL."""
+        return studio.publish_relation(owner_of(request), str(relation_id or "").strip(), repo_id or "", token,
+                                       bool(private))
+
     # UI-only helpers (not part of the API).
     @user_errors
     def refresh_job(job_id: str, request: gr.Request):
@@ -280,5 +289,5 @@ def build_callbacks(studio: Studio):
     return SimpleNamespace(**{f.__name__: f for f in (
         create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job,
         list_relations, generate, download_relation, refresh_job, relation_choices, relation_gallery, my_jobs,
-        preset_form, show_frame, dataset_choices, example_preview,
+        preset_form, show_frame, dataset_choices, example_preview, publish_relation,
     )})

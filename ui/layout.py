@@ -156,6 +156,17 @@ def build_demo(studio: Studio) -> gr.Blocks:
             history = gr.Gallery(label="Earlier generations of this relation", columns=4, height=280, elem_id="gallery")
             download = gr.Button("Download the relation LoRA and settings", elem_id="download")
             files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+            with gr.Accordion("Publish to the Hub, or generate with a relation from it", open=False):
+                with gr.Row():
+                    hub_repo = gr.Textbox(label="Hub repo id (user/name)", elem_id="hub-repo")
+                    hub_token = gr.Textbox(label="Hugging Face write token (for this request only, never stored)",
+                                           type="password", elem_id="hub-token")
+                    hub_private = gr.Checkbox(False, label="Private repo", elem_id="hub-private")
+                publish = gr.Button("Publish the relation to the Hub", elem_id="publish")
+                published = gr.Textbox(label="Published", interactive=False, elem_id="published")
+                with gr.Row():
+                    hub_relation = gr.Textbox(label="A relation from the Hub (user/name)", elem_id="hub-relation")
+                    use_hub = gr.Button("Generate with it (sets the relation above)", elem_id="use-hub-relation")
 
         # Data & masks.
         mask_outputs = [dataset_id, summary, overlays, video_name]
@@ -192,6 +203,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
                  api_name="generate", concurrency_limit=1).then(cb.relation_gallery, relation_pick, history, **PRIVATE)
         relation_pick.change(cb.relation_gallery, relation_pick, history, **PRIVATE)
         download.click(cb.download_relation, relation_pick, files, api_name="download_relation")
+
+        # The Hub: the token field is emptied after each publish, whatever its outcome.
+        publish.click(cb.publish_relation, [relation_pick, hub_repo, hub_token, hub_private], published,
+                      api_name="publish_relation").then(lambda: "", None, hub_token, **PRIVATE)
+        use_hub.click(lambda repo_id: (repo_id or "").strip(), hub_relation, relation_pick, **PRIVATE)
     return demo
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig
 from dreamrelation.export import export_comfyui
+from dreamrelation.hub import fetch_relation, push_relation
 from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
@@ -235,7 +236,8 @@ class Studio:
 
     # Generation.
     def generate(self, owner: str, job_id: str, request: GenerateConfig) -> GenerationRecord:
-        """Generate with one of the owner's relations (or BASE_MODEL); the video joins that relation's gallery.
+        """Generate with one of the owner's relations, a relation published on the Hub (its id, user/name) or
+        BASE_MODEL; the video joins that relation's gallery.
 
         On a GPU, generation waits for no training job: it is refused while one trains (the GPU policy).
         """
@@ -245,11 +247,22 @@ class Studio:
             )
         if job_id == BASE_MODEL:
             lora, relation = None, {"relation_id": BASE_MODEL, "relation": "base model"}
+        elif "/" in job_id:  # a relation published on the Hub, fetched without the app's own login (token=False)
+            lora, relation = fetch_relation(job_id, token=False), {"relation_id": job_id, "relation": job_id}
         else:
             trained = self._relation(owner, job_id)
             # The run folder: every expert's LoRA file loads into its expert.
             lora, relation = trained.lora_path.parent, {"relation_id": job_id, "relation": trained.relation}
         return self.generator.generate(lora, request, self.workspace.generation_dir(owner, job_id), relation)
+
+    def publish_relation(self, owner: str, job_id: str, repo_id: str, token: str, private: bool = False) -> str:
+        """Publish one of the owner's trained relations to the Hub model repo `repo_id` with the owner's `token`
+        (used for this call only: never stored or logged); returns the repo's URL. A blank token is refused:
+        the app's own login (a Space's HF_TOKEN) must never publish for its visitors."""
+        if not isinstance(token, str) or not token.strip():
+            raise StudioError("paste a Hugging Face token with write access to publish (used for this request only)")
+        run = self._relation(owner, job_id).lora_path.parent
+        return push_relation(run, repo_id, token=token.strip(), private=bool(private))
 
     def gallery(self, owner: str, job_id: str) -> list[GenerationRecord]:
         """The owner's earlier generations with a relation (or BASE_MODEL), newest first."""

@@ -3,7 +3,8 @@
     HOME/jobs.sqlite3                          jobs (dreamrelation.jobs), each with its owner's KEY
     HOME/jobs/ID/output/                       a job's checkpoints, progress.jsonl and relation LoRA
     HOME/owners/KEY/datasets/ID/               an owner's uploaded relation datasets (videos, captions, masks)
-    HOME/owners/KEY/generations/JOB/NNNN.mp4   generated videos, each with NNNN.json (its settings)
+    HOME/owners/KEY/generations/JOB/NNNN.mp4   generated videos, each with NNNN.json (its settings); JOB is
+                                               hub--USER--NAME for a relation from the Hub
     HOME/secret/owner-key                      the installation's secret (dreamrelation.studio.owners)
 
 KEY is an owner key: a keyed hash of the session or user name, which is never stored. Nothing here is served
@@ -18,6 +19,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from dreamrelation.hub import check_repo_id
 from dreamrelation.jobs import JobStore
 from dreamrelation.studio.owners import OwnerKeys, is_owner_key, migrate_legacy_owners
 
@@ -107,8 +109,11 @@ class Workspace:
         return folder
 
     def generation_dir(self, owner: str, job_id: str) -> Path:
-        """Where `owner`'s generations with relation `job_id` ('base' for none) go (not created here);
-        StudioError for an id that is not a relation id."""
+        """Where `owner`'s generations with relation `job_id` ('base' for none, user/name for one from the Hub)
+        go (not created here); StudioError for an id that is not a relation id, HubError for a bad Hub id."""
+        if "/" in str(job_id):
+            # A Hub id has no '--' (check_repo_id), so hub--user--name is one folder per id, like the hub cache's.
+            return self.owner_dir(owner) / "generations" / ("hub--" + check_repo_id(job_id).replace("/", "--"))
         if not _RELATION_ID.match(str(job_id)):
             raise StudioError(f"relation {job_id!r} not found among your trained relations")
         return self.owner_dir(owner) / "generations" / job_id
