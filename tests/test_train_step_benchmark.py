@@ -30,32 +30,24 @@ def check_table(output: str, preset: str) -> None:
     assert f"Preset {preset} on cpu" in output
 
 
-def test_small_mochi_preset_runs(capsys):
-    script = load_script("benchmarks/train_step.py")
-    script.main(["--preset", "small", "--frames", "13", *TINY])
-    output = capsys.readouterr().out
-    check_table(output, "small")
-    assert "-> latents (12, 3, 4, 4), text (32 tokens, 12 valid)," in output
+WAN_TEXT = "text (32 tokens, 12 valid, zero-padded, no mask),"
 
 
-def test_small_wan_preset_runs(capsys):
-    script = load_script("benchmarks/train_step.py")
-    script.main(["--preset", "small-wan", "--frames", "9", *TINY])
-    output = capsys.readouterr().out
-    check_table(output, "small-wan")
+@pytest.mark.parametrize("preset, frames, expected", [
+    ("small", "13", ["-> latents (12, 3, 4, 4), text (32 tokens, 12 valid),"]),
     # Wan's VAE: 16 channels, 4x in time with a causal first frame, 8x in space; text zero-padded, unmasked.
-    assert "-> latents (16, 3, 4, 4), text (32 tokens, 12 valid, zero-padded, no mask)," in output
-    assert "cross-attention to every text token" in output
-
-
-def test_small_wan22_preset_trains_the_high_noise_expert(capsys):
-    script = load_script("benchmarks/train_step.py")
-    script.main(["--preset", "small-wan22", "--frames", "9", *TINY])
-    output = capsys.readouterr().out
-    check_table(output, "small-wan22")
-    assert "-> latents (16, 3, 4, 4), text (32 tokens, 12 valid, zero-padded, no mask)," in output
+    ("small-wan", "9", [f"-> latents (16, 3, 4, 4), {WAN_TEXT}", "cross-attention to every text token"]),
     # The sigmas come from the expert's range, as `--experts high` trains it (Wan2.2-T2V-A14B's boundary).
-    assert "Trains the high-noise expert: sigma in [0.875, 1] (as --experts high)." in output
+    ("small-wan22", "9", [f"-> latents (16, 3, 4, 4), {WAN_TEXT}",
+                          "Trains the high-noise expert: sigma in [0.875, 1] (as --experts high)."]),
+], ids=["small-mochi", "small-wan", "small-wan22"])
+def test_small_preset_runs(capsys, preset, frames, expected):
+    script = load_script("benchmarks/train_step.py")
+    script.main(["--preset", preset, "--frames", frames, *TINY])
+    output = capsys.readouterr().out
+    check_table(output, preset)
+    for line in expected:
+        assert line in output
 
 
 def test_wan_1_3b_preset_code_path_on_cpu_with_two_blocks(capsys):

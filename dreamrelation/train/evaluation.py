@@ -40,22 +40,22 @@ class EvalPoint:
 
 
 def draw_eval_points(ctx: StepContext, count: int, seed: int) -> list[EvalPoint]:
-    """`count` evaluation points over the run's clips (round robin, so every clip counts), σ drawn as training
-    draws it within the trained experts' range, all from a generator seeded with `seed` + EVAL_SEED_OFFSET."""
+    """`count` evaluation points over the run's clips and trained experts (round robin, so every clip and expert
+    counts), σ drawn as training draws it within the point's expert's range, all from a generator seeded with
+    `seed` + EVAL_SEED_OFFSET."""
     generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
     records = ctx.dataset.records
-    low = min(expert.sigma_low for expert in ctx.experts)
-    high = max(expert.sigma_high for expert in ctx.experts)
     points = []
     for index in range(count):
+        expert = ctx.experts[index % len(ctx.experts)]
         record = records[index % len(records)]
         mean, logvar = record["latent_mean"][None], record["latent_logvar"][None]
         posterior = randn_tensor(mean.shape, generator, mean.device, mean.dtype)
         latents = ctx.spec.normalize_latents(ctx.vae_config, mean + (0.5 * logvar).exp() * posterior)
         noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
-        sigma = float(into_range(sample_sigmas(ctx.train, 1, generator), low, high)[0])
-        component = ctx.spec.expert_for(sigma).component
-        points.append(EvalPoint(index % len(records), latents[0], noise[0], sigma, component))
+        # The expert is the point's, not looked up from σ: a σ on an expert's upper bound stays with it, as in training.
+        sigma = float(into_range(sample_sigmas(ctx.train, 1, generator), expert.sigma_low, expert.sigma_high)[0])
+        points.append(EvalPoint(index % len(records), latents[0], noise[0], sigma, expert.component))
     return points
 
 
