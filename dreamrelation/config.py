@@ -357,3 +357,34 @@ class RunConfig(_Settings):
 def read_yaml_sections(path: Path) -> dict[str, dict]:
     """The {section: {field: value}} of a run's YAML file (as RunConfig.to_yaml writes it), unvalidated."""
     return yaml.safe_load(Path(path).read_text()) or {}
+
+
+class StudioConfig(_Settings):
+    """How the app shares its machine or cluster between jobs and people (app.py's flags, each with an
+    environment variable of the same meaning: STUDIO_ENV)."""
+
+    gpus: str | None = Field(
+        None, description="GPU ids training jobs may use, comma-separated as CUDA_VISIBLE_DEVICES names them (e.g. "
+        "'0,1,2,3'); default: every visible GPU (one slot on a machine without GPUs).",
+    )
+    cluster: str | None = Field(
+        None, description="A Ray cluster to send training jobs to: its dashboard address (http://HOST:8265) or "
+        "ray://HOST:10001; default: train on this machine. The data home must be on storage every node sees at "
+        "the same path.",
+    )
+    max_gpus_per_job: int = Field(8, ge=1, le=1024, description="The most GPUs one job may ask for on a cluster.")
+    max_jobs_per_owner: int = Field(
+        3, ge=1, le=1000, description="Jobs one person may have queued or training at once.",
+    )
+    max_disk_gb_per_owner: float = Field(
+        20.0, gt=0, description="Disk one person's datasets and training runs may use, in GB.",
+    )
+
+
+STUDIO_ENV = {
+    "gpus": "DREAMRELATION_GPUS",
+    "cluster": "RAY_ADDRESS",
+    "max_gpus_per_job": "DREAMRELATION_MAX_GPUS_PER_JOB",
+    "max_jobs_per_owner": "DREAMRELATION_MAX_JOBS",
+    "max_disk_gb_per_owner": "DREAMRELATION_MAX_DISK_GB",
+}

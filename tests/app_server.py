@@ -52,11 +52,11 @@ def stop_workers(home: Path) -> None:
     """Stop the workers of `home`'s running jobs, each by the pid its job row holds (they run in process groups
     of their own, so stopping the app leaves them running); a pid no longer running that job's worker is left
     alone. Call it after stop_app, so that no scheduler starts another worker meanwhile."""
-    from dreamrelation.jobs.scheduler import _runs_worker_of, _stop_group
+    from dreamrelation.jobs.executors import runs_worker_of, stop_group
     from dreamrelation.jobs.store import RUNNING, JobStore
 
     for job in JobStore(home).in_states(RUNNING):
-        if job.pid is not None and _runs_worker_of(job.pid, job.id):
-            _stop_group(job.pid, None)
+        if job.pid is not None and runs_worker_of(job.pid, job.job_dir):
+            stop_group(job.pid, None)
 
 

@@ -14,7 +14,9 @@ import pytest
 
 from dreamrelation.config import DataConfig, RunConfig, TrainConfig
 from dreamrelation.jobs import (
+    CPU_SLOT,
     RUNNING,
+    LocalExecutor,
     JobError,
     JobNotFound,
     JobScheduler,
@@ -59,8 +61,8 @@ def schedulers(store):
     before = {child.pid for child in me.children()}
     started = []
 
-    def start(**options):
-        scheduler = JobScheduler(store, poll_s=0.1, **options)
+    def start(slots=(CPU_SLOT,), **options):
+        scheduler = JobScheduler(store, LocalExecutor(list(slots), **options), poll_s=0.1)
         scheduler.start()
         started.append(scheduler)
         return scheduler
@@ -180,7 +182,7 @@ def test_the_database_is_in_wal_mode_and_takes_writers_from_many_threads(store, 
 
 
 def test_reconcile_requeues_a_job_whose_worker_is_gone_and_fails_it_on_the_third_death(store, make_run):
-    scheduler = JobScheduler(store)  # not started: reconcile is called by hand
+    scheduler = JobScheduler(store, LocalExecutor([CPU_SLOT]))  # not started: reconcile is called by hand
     job = store.create("alice", "hugging", make_run())
     # A pid that is alive but is no worker of this job (as when a pid is reused after a reboot).
     store.update(job.id, state="training", pid=os.getpid())
@@ -197,7 +199,7 @@ def test_reconcile_requeues_a_job_whose_worker_is_gone_and_fails_it_on_the_third
 
 
 def test_resume_requeues_a_failed_job_only_when_it_has_a_checkpoint(store, make_run):
-    scheduler = JobScheduler(store)
+    scheduler = JobScheduler(store, LocalExecutor([CPU_SLOT]))
     job = store.create("alice", "hugging", make_run())
     with pytest.raises(JobError, match="is queued; only a failed or cancelled job"):
         scheduler.resume(job.id, "alice")
@@ -264,7 +266,7 @@ def test_a_job_trains_to_done_in_a_worker_process(store, schedulers, make_run):
     assert [(r.job_id, r.relation, r.lora_path, r.steps) for r in relations] == [
         (job.id, "approaching", status.lora_path, 4)
     ]
-    assert scheduler.training_running() is None
+    assert store.in_states(RUNNING) == []
     with pytest.raises(JobError, match=rf"job {job.id} has already finished \(done\); nothing to cancel"):
         scheduler.cancel(job.id, "alice")
     assert store.get(job.id, "alice") == done
@@ -288,8 +290,9 @@ def test_an_unexpected_error_fails_the_job_in_one_line_and_logs_its_traceback(st
 
     monkeypatch.setattr(worker, "train", broken)
     job = store.create("alice", "approaching", make_run(steps=2))
-    assert worker.run_job(store, job.id) == 1
-    assert store.load(job.id).error == "cuDNN exploded second line"
+    job.folder.write_spec(job.settings, job.source)
+    assert worker.run_job(job.folder) == 1
+    assert job.folder.outcome() == {"state": "failed", "error": "cuDNN exploded second line"}
     assert "Traceback" in capsys.readouterr().err  # the worker's stderr is its log
 
 
@@ -302,7 +305,7 @@ def test_cancel_stops_the_whole_process_group_of_a_running_job(store, schedulers
     job = scheduler.submit("alice", "approaching", make_run(steps=100_000, checkpoint_every=100_000))
     waiting = scheduler.submit("bob", "hugging", make_run())
     training = wait_for_state(store, job, "training")
-    assert scheduler.training_running() == training
+    assert store.in_states(RUNNING) == [training]
     assert job_status(store, waiting.id, "bob").queue_position == 1  # one training job at a time
     assert len(group_members(training.pid)) == 2  # the worker and its helper
     with pytest.raises(JobNotFound):
@@ -338,7 +341,7 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint_after_an_app_restart(sto
     first.stop()  # the app goes away; its worker trains on
     running = store.get(job.id, "alice")
     assert running.state == "training"
-    assert JobScheduler(store).reconcile() == []  # a new app adopts a live worker
+    assert JobScheduler(store, LocalExecutor([CPU_SLOT])).reconcile() == []  # a new app adopts a live worker
     assert store.get(job.id, "alice") == running
 
     os.killpg(running.pid, signal.SIGKILL)  # then the worker dies too (out of memory, a reboot)

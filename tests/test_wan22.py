@@ -183,7 +183,8 @@ def test_a_job_resolves_its_model_once_and_the_worker_uses_the_pinned_plan(cache
     # What the preset means here: the job summary says fp32 on a CPU, not "bf16".
     assert "on the CPU" in studio.job_status(owner, job.id).memory_note
     assert "fp32" in studio.job_status(owner, job.id).memory_note
-    assert run_job(studio.workspace.store, job.id) == 0
+    job.folder.write_spec(job.settings, job.source)  # as the scheduler does before starting a worker
+    assert run_job(job.folder) == 0
     assert resolved == ["tiny-random-wan22"]  # once, when the app planned the job; the worker used the pin
     assert set(RunDir(job.output_dir).lora_files()) == {"transformer_2"}
 

@@ -32,7 +32,9 @@ class JobStatus:
     id: str
     relation: str
     state: str
-    queue_position: int | None  # 1-based, while queued
+    queue_position: int | None  # 1-based, while queued (owners take turns: JobStore.queue)
+    gpus: int  # how many GPUs it asked for
+    devices: list[str]  # the GPU ids it runs (or ran) on, as CUDA_VISIBLE_DEVICES names them; [] before it starts
     step: int
     steps: int
     fraction: float  # step / steps
@@ -97,6 +99,8 @@ def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
         relation=job.relation,
         state=job.state,
         queue_position=store.queue_position(job.id),
+        gpus=job.gpus,
+        devices=list(job.devices),
         step=step,
         steps=steps,
         fraction=min(step / steps, 1.0),

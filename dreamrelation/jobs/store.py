@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamrelation.config import RunConfig
+from dreamrelation.jobs.folder import JobFolder
 
 STATES = ("queued", "preparing", "training", "done", "failed", "cancelled")
 RUNNING = ("preparing", "training")  # a worker process exists (or should)
@@ -40,12 +41,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    source TEXT
+    source TEXT,
+    gpus INTEGER NOT NULL DEFAULT 1,
+    devices TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
 """
-_UPDATABLE = {"state", "settings", "pid", "error", "attempts", "started", "finished"}
+_UPDATABLE = {"state", "settings", "pid", "error", "attempts", "started", "finished", "devices"}
+# Columns added since the first release, with their definitions: older homes gain them at open.
+_ADDED_COLUMNS = {"source": "TEXT", "gpus": "INTEGER NOT NULL DEFAULT 1", "devices": "TEXT"}
 
 
 class JobError(ValueError):
@@ -73,6 +78,8 @@ class Job:
     started: float | None
     finished: float | None
     source: dict | None  # the resolved, memory-planned model (models.ModelSource as JSON), pinned when queued
+    gpus: int  # how many GPUs the job asked for
+    devices: tuple[str, ...]  # the GPU ids it runs on (as CUDA_VISIBLE_DEVICES names them), kept once it ends
 
     @property
     def run(self) -> RunConfig:
@@ -81,13 +88,18 @@ class Job:
 
     @property
     def job_dir(self) -> Path:
-        """HOME/jobs/ID: the output folder and the worker's log."""
+        """HOME/jobs/ID: the output folder, the worker's log and what the worker and scheduler tell each other."""
         return self.output_dir.parent
+
+    @property
+    def folder(self) -> JobFolder:
+        """The job's folder (HOME/jobs/ID) as the worker and the scheduler read and write it."""
+        return JobFolder(self.job_dir)
 
     @property
     def log_path(self) -> Path:
         """HOME/jobs/ID/worker.log: the worker's stdout and stderr, and the scheduler's notes."""
-        return self.job_dir / "worker.log"
+        return self.folder.log
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -95,6 +107,7 @@ def _job(row: sqlite3.Row) -> Job:
     values["settings"] = json.loads(values["settings"])
     values["source"] = json.loads(values["source"]) if values["source"] else None
     values["output_dir"] = Path(values["output_dir"])
+    values["devices"] = tuple(values["devices"].split(",")) if values["devices"] else ()
     return Job(**values)
 
 
@@ -109,9 +122,11 @@ class JobStore:
             # WAL is a property of the file: set once, every later connection (any process) gets it.
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            # Homes made before jobs pinned their model get the column (NULL for their jobs: planned by the worker).
-            if "source" not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
-                db.execute("ALTER TABLE jobs ADD COLUMN source TEXT")
+            # Homes made by older versions gain the newer columns (a NULL source: the worker plans the model).
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -123,9 +138,9 @@ class JobStore:
         finally:
             db.close()
 
-    def create(self, owner: str, relation: str, run: RunConfig, source: dict | None = None) -> Job:
-        """Queue a new job: takes the owner, a relation name (1-100 characters), the settings and the model as
-        planned for it (a ModelSource as JSON; None: the worker plans it).
+    def create(self, owner: str, relation: str, run: RunConfig, source: dict | None = None, gpus: int = 1) -> Job:
+        """Queue a new job: takes the owner, a relation name (1-100 characters), the settings, the model as
+        planned for it (a ModelSource as JSON; None: the worker plans it) and how many GPUs it asks for.
 
         The settings' output_dir is replaced by HOME/jobs/ID/output. Returns the queued Job; raises JobError
         for an empty owner or a bad relation name.
@@ -135,6 +150,8 @@ class JobStore:
             raise JobError("a job needs an owner")
         if not relation or len(relation) > MAX_RELATION_NAME:
             raise JobError(f"give the relation a name of 1 to {MAX_RELATION_NAME} characters")
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise JobError(f"a job needs a whole number of GPUs, at least 1 (got {gpus!r})")
         with self._connect() as db:
             while True:
                 job_id = secrets.token_hex(4)
@@ -143,10 +160,10 @@ class JobStore:
                 settings = run.model_copy(update={"train": train}).model_dump(mode="json")
                 try:
                     db.execute(
-                        "INSERT INTO jobs (id, owner, relation, state, settings, output_dir, created, source)"
-                        " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        "INSERT INTO jobs (id, owner, relation, state, settings, output_dir, created, source, gpus)"
+                        " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                         (job_id, owner, relation, json.dumps(settings), str(output_dir), time.time(),
-                         json.dumps(source) if source is not None else None),
+                         json.dumps(source) if source is not None else None, gpus),
                     )
                     break
                 except sqlite3.IntegrityError:  # the id is taken (one in 4e9): draw again
@@ -188,6 +205,19 @@ class JobStore:
         with self._connect() as db:
             return db.execute("UPDATE jobs SET owner = ? WHERE owner = ?", (new, old)).rowcount
 
+    def delete(self, job_id: str, owner: str) -> Job:
+        """Remove a finished job of `owner` from the table; returns it (its files are the caller's to delete).
+        Raises JobNotFound as `get` does, and JobError while it is queued or running."""
+        with self._connect() as db:
+            row = db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND owner = ? AND state IN ({', '.join('?' * len(FINISHED))})"
+                " RETURNING *", (job_id, owner, *FINISHED),
+            ).fetchone()
+        if row is None:
+            job = self.get(job_id, owner)  # JobNotFound for another owner's or an unknown id
+            raise JobError(f"job {job.id} is {job.state}; cancel it before deleting it")
+        return _job(row)
+
     def vacuum(self) -> None:
         """Rewrite the file, so that no overwritten value survives in its free pages (after re-keying owners)."""
         with self._connect() as db:
@@ -220,6 +250,8 @@ class JobStore:
             raise ValueError(f"unknown state {fields['state']!r}; one of {STATES}")
         if "settings" in fields:
             fields["settings"] = json.dumps(fields["settings"])
+        if "devices" in fields:
+            fields["devices"] = ",".join(fields["devices"]) or None
         where, args = "id = ?", [job_id]
         if only_from is not None:
             only_from = tuple(only_from)
@@ -235,18 +267,30 @@ class JobStore:
             return None
         return _job(row)
 
+    def queue(self) -> list[Job]:
+        """The queued jobs of every owner in the order they start: owners take turns.
+
+        A job's turn is how many jobs its owner has running plus how many of the owner's queued jobs are older;
+        lower turns go first, then older jobs. So one owner's twelve jobs in a row do not hold back the next
+        owner's first, and an owner already training waits behind one who is not.
+        """
+        running: dict[str, int] = {}
+        for job in self.in_states(RUNNING):
+            running[job.owner] = running.get(job.owner, 0) + 1
+        queued, turns, seen = self.in_states(("queued",)), {}, dict(running)
+        for job in queued:  # oldest first
+            turns[job.id] = seen.get(job.owner, 0)
+            seen[job.owner] = turns[job.id] + 1
+        return sorted(queued, key=lambda job: turns[job.id])  # stable: older first within a turn
+
     def queue_position(self, job_id: str) -> int | None:
-        """1-based place of a queued job in the queue (oldest created first), or None when it is not queued."""
-        with self._connect() as db:
-            (position,) = db.execute(
-                "SELECT COUNT(*) FROM jobs AS other, jobs AS job"
-                " WHERE job.id = ? AND job.state = 'queued' AND other.state = 'queued'"
-                " AND (other.created, other.rowid) <= (job.created, job.rowid)",
-                (job_id,),
-            ).fetchone()
-        return position or None
+        """1-based place of a queued job in the queue (`queue`'s order), or None when it is not queued."""
+        for position, job in enumerate(self.queue(), start=1):
+            if job.id == job_id:
+                return position
+        return None
 
     def next_queued(self) -> Job | None:
-        """The oldest queued job of any owner, or None when the queue is empty."""
-        queued = self.in_states(("queued",))
+        """The queued job whose turn is next (`queue`), or None when the queue is empty."""
+        queued = self.queue()
         return queued[0] if queued else None

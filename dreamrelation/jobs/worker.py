@@ -1,8 +1,10 @@
-"""The worker process of one training job: `python -m dreamrelation.jobs.worker --home HOME --job ID`.
+"""The worker process of one training job: `python -m dreamrelation.jobs.worker --job-dir HOME/jobs/ID`.
 
-The scheduler starts it in its own process group with stdout and stderr going to HOME/jobs/ID/worker.log.
-It trains in this process, continuing from the newest checkpoint of the job's output folder when there is
-one, and records the outcome in the job table. It lowers its own CPU priority (WORKER_NICENESS) first.
+The scheduler's executor starts it, on this machine (in a process group of its own, under `accelerate launch`
+for a job of several GPUs) or on a cluster's node, with stdout and stderr going to the folder's worker.log.
+It never opens the job table: it reads what to train from the job folder and writes back when its first step
+is next and how it ended (jobs/folder.py). It trains in this process, continuing from the newest checkpoint
+of the job's output folder when there is one. It lowers its own CPU priority (WORKER_NICENESS) first.
 SIGTERM keeps its default action (exit at once): everything worth keeping is already on disk as checkpoints,
 so there is nothing to clean up.
 """
@@ -12,15 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
 
 from dreamrelation.config import RunConfig
 from dreamrelation.data.dataset import DatasetError
-from dreamrelation.jobs.store import RUNNING, JobStore
+from dreamrelation.jobs.folder import JobFolder
 from dreamrelation.models import ModelLoadError, ModelSource
 from dreamrelation.models.base import ExpertChoiceError
 from dreamrelation.models.memory import InsufficientMemory
@@ -37,36 +39,50 @@ _MAX_ERROR_CHARS = 500
 _USER_ERRORS = (InsufficientMemory, ModelLoadError, DatasetError, ExpertChoiceError)
 
 
-def run_job(store: JobStore, job_id: str) -> int:
-    """Train job `job_id` to its end in this process. Returns the exit status: 0 done, 1 failed or not runnable."""
-    job = store.update(
-        job_id, only_from=("queued", "preparing"), state="preparing", pid=os.getpid(), started=time.time()
-    )
-    if job is None:  # cancelled (or taken by another worker) before this process got going
-        print(f"job {job_id} is {store.load(job_id).state}; not training it", flush=True)
-        return 1
-    run = job.run
-    checkpoint = latest_checkpoint(job.output_dir)
+def run_job(folder: JobFolder) -> int:
+    """Train the job of `folder` to its end in this process. Returns the exit status: 0 done, 1 failed.
+
+    Under `accelerate launch` every process runs this; only the main one (RANK 0) reports to the folder."""
+    job_id = folder.path.name
+    run, planned = folder.read_spec()
+    checkpoint = latest_checkpoint(run.train.output_dir)
     run = run.model_copy(update={"train": run.train.model_copy(update={"resume": checkpoint is not None})})
     where = f"resuming from {checkpoint.name}" if checkpoint else "from the start"
-    print(f"job {job.id}: training relation {job.relation!r}, {where}", flush=True)
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    main_process = _is_main_process()
+    if main_process:
+        print(f"job {job_id}: training on {socket.gethostname()}, GPUs {devices or 'none'} "
+              f"(CUDA_VISIBLE_DEVICES), {_processes()} process(es), {where}", flush=True)
 
-    source = ModelSource.model_validate(job.source) if job.source else None  # as the app planned it
+    source = ModelSource.model_validate(planned) if planned else None  # as the app planned it
+    callbacks = [ReportPrepared(folder, devices)] if main_process else []
     try:
         quiet_loading_bars()
         with warnings.catch_warnings():
             _hide_library_warnings()
-            result = train(run, show_progress=False, callbacks=[MarkTraining(store, job.id)], source=source)
+            result = train(run, show_progress=False, callbacks=callbacks, source=source)
     except Exception as error:
         if isinstance(error, _USER_ERRORS):  # the line says it all; a traceback would only bury it
-            print(f"job {job.id}: {error}", flush=True)
+            print(f"job {job_id}: {error}", flush=True)
         else:
             traceback.print_exc()
-        store.update(job.id, only_from=RUNNING, state="failed", error=_one_line(error), pid=None, finished=time.time())
+        if main_process:
+            folder.finish("failed", _one_line(error))
         return 1
-    store.update(job.id, only_from=RUNNING, state="done", error=None, pid=None, finished=time.time())
-    print(f"job {job.id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
+    if main_process:
+        folder.finish("done")
+        print(f"job {job_id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
     return 0
+
+
+def _is_main_process() -> bool:
+    # RANK is what `accelerate launch` (torchrun) gives each process; read before the trainer builds its
+    # Accelerator, since an accelerate state made here would fix the device settings ahead of the run's.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _hide_library_warnings() -> None:
@@ -78,14 +94,16 @@ def _hide_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
 
 
-class MarkTraining(TrainerCallback):
-    """Moves the job from preparing to training once the model and data are ready and the first step is next."""
+class ReportPrepared(TrainerCallback):
+    """Tells the scheduler, through the job folder, that the model and data are ready and the first step is next
+    (the job goes from preparing to training), and on which host and GPUs (`devices`: CUDA_VISIBLE_DEVICES)."""
 
-    def __init__(self, store: JobStore, job_id: str):
-        self.store, self.job_id = store, job_id
+    def __init__(self, folder: JobFolder, devices: str):
+        self.folder, self.devices = folder, devices
 
     def on_prepared(self, run: RunConfig, step: int, clips: int) -> None:
-        self.store.update(self.job_id, only_from=("preparing",), state="training")
+        ids = [device for device in self.devices.split(",") if device]
+        self.folder.mark_prepared(socket.gethostname(), ids, _processes())
 
 
 def _one_line(error: BaseException) -> str:
@@ -109,14 +127,13 @@ def lower_cpu_priority(niceness: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: parses --home and --job, runs the job, returns the exit status."""
-    parser = argparse.ArgumentParser(description="Run one DreamRelation training job of a job store.")
-    parser.add_argument("--home", type=Path, required=True, help="The app's home folder (holds jobs.sqlite3).")
-    parser.add_argument("--job", required=True, help="The job id.")
+    """Command-line entry: parses --job-dir, runs the job, returns the exit status."""
+    parser = argparse.ArgumentParser(description="Run one DreamRelation training job from its job folder.")
+    parser.add_argument("--job-dir", type=Path, required=True, help="The job's folder, HOME/jobs/ID (holds job.json).")
     args = parser.parse_args(argv)
     lower_cpu_priority(WORKER_NICENESS)  # before any tensor work, so torch's thread pool inherits it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # e.g. "resumed from ..."
-    return run_job(JobStore(args.home), args.job)
+    return run_job(JobFolder(args.job_dir))
 
 
 if __name__ == "__main__":

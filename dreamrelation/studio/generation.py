@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from dreamrelation.config import GenerateConfig, ModelConfig
 from dreamrelation.models import LoadedModel, ModelSource, load_model
+from dreamrelation.runtime import resolve_device
 
 
 @dataclass
@@ -46,14 +47,20 @@ class Generator:
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
 
-    def loaded(self) -> LoadedModel:
-        """The loaded base model (loaded once)."""
+    def loaded(self, device: str | None = None) -> LoadedModel:
+        """The loaded base model, on `device` (a torch device name; None: the model config's). Loaded on first
+        use, and again only when asked for another device (the GPU it was on is training now)."""
+        config = self.model if device is None else self.model.model_copy(update={"device": device})
+        if self._loaded is not None and str(self._loaded.device) != str(resolve_device(config.device)):
+            self._loaded = None  # its memory goes before the new copy loads
         if self._loaded is None:
-            self._loaded = load_model(self.model, source=self.source())
+            self._loaded = load_model(config, source=self.source())
         return self._loaded
 
-    def generate(self, lora_file: Path | None, request: GenerateConfig, folder: Path, relation: dict) -> GenerationRecord:
-        """Render `request` with the LoRA (None: base model) into the next NNNN.mp4 of `folder`.
+    def generate(self, lora_file: Path | None, request: GenerateConfig, folder: Path, relation: dict,
+                 device: str | None = None) -> GenerationRecord:
+        """Render `request` with the LoRA (None: base model) into the next NNNN.mp4 of `folder`, on `device`
+        (None: the model config's).
 
         `relation` (JSON-ready: which relation, by id and name) is saved with the request's settings.
         Returns the record. The LoRA is never fused: the pipeline outlives the request.
@@ -62,7 +69,7 @@ class Generator:
 
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            loaded = self.loaded()
+            loaded = self.loaded(device)
             # Saved with the values it ran with, not None: the gallery shows what made each video.
             request = with_model_defaults(loaded, request).model_copy(update={"fuse_lora": False})
             number = len(list(folder.glob("*.json")))  # one settings file per generation (a comparison has 3 mp4s)

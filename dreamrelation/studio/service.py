@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
-from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig
+from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, ModelConfig, StudioConfig
 from dreamrelation.export import export_comfyui
 from dreamrelation.hub import fetch_relation, push_relation
-from dreamrelation.jobs import FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
+from dreamrelation.jobs import ACTIVE, FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
+from dreamrelation.jobs.executors import make_executor, torch_device
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
@@ -36,10 +38,14 @@ class Studio:
     user identity) and sees only that owner's datasets, jobs and files; errors a user can fix are
     StudioError/JobError (ValueError)."""
 
-    def __init__(self, home: Path, model: ModelConfig, start_scheduler: bool = True):
+    def __init__(self, home: Path, model: ModelConfig, start_scheduler: bool = True,
+                 settings: StudioConfig | None = None):
         self.workspace = Workspace(home)
         self.model = model
-        self.scheduler = JobScheduler(self.workspace.store)
+        self.settings = settings or StudioConfig()
+        executor = make_executor(self.settings)
+        executor.check_home(self.workspace.home)  # ExecutorError: a cluster that cannot see the home
+        self.scheduler = JobScheduler(self.workspace.store, executor)
         self.generator = Generator(model, lambda: self.source)
         if start_scheduler:
             self.scheduler.start()
@@ -92,8 +98,13 @@ class Studio:
         return (
             f"Base model **{self.model.name}** ({self.spec.pipeline_class_name}; {d.num_frames} frames, "
             f"{d.width}x{d.height}, {d.fps} fps), "
-            f"running on {where}.{experts_line}"
+            f"running on {where}.{experts_line} Training: {self.scheduler.executor.describe()}."
         )
+
+    @property
+    def max_gpus_per_job(self) -> int:
+        """The most GPUs one training job may ask for here."""
+        return self.scheduler.executor.max_gpus
 
     def storage_warning(self) -> str | None:
         """One line for the page when the data folder is on a Space's own disk (wiped by a restart), else None."""
@@ -139,6 +150,15 @@ class Studio:
         """The owner's datasets, newest first."""
         return datasets.list_datasets(self.workspace, owner)
 
+    def delete_dataset(self, owner: str, dataset_id: str) -> None:
+        """Delete one of the owner's datasets (its videos, masks and latents); jobs trained on it keep their runs.
+        StudioError when it is not theirs or a queued or training job still reads it."""
+        folder = self.workspace.dataset_dir(owner, dataset_id)
+        for job in self.workspace.store.list(owner, states=ACTIVE):
+            if Path(job.settings["data"]["data_dir"]) == folder:
+                raise StudioError(f"job {job.id} ({job.state}) trains on dataset {dataset_id}; cancel it first")
+        self.workspace.discard_dataset_dir(folder)
+
     def overlay_frame(self, owner: str, dataset_id: str, video: str, frame: int):
         """uint8 (H, W, 3): frame `frame` of a video with its masks tinted over it (the frame to click on)."""
         return datasets.overlay_frame(self.workspace, owner, dataset_id, video, frame)
@@ -154,10 +174,15 @@ class Studio:
         return datasets.correct_masks(self.workspace, owner, dataset_id, video, prompt, MasksConfig(), progress)
 
     # Training jobs.
-    def start_training(self, owner: str, dataset_id: str, preset: str = "quick", settings: dict | None = None) -> Job:
-        """Queue a training job on one of the owner's datasets; returns the job (its id is the relation's id)."""
+    def start_training(self, owner: str, dataset_id: str, preset: str = "quick", settings: dict | None = None,
+                       gpus: int = 1) -> Job:
+        """Queue a training job on `gpus` GPUs on one of the owner's datasets; returns the job (its id is the
+        relation's id). Refused in one line beyond the owner's limits (StudioConfig) or the GPUs there are."""
         if refusal := self.training_refusal():
             raise StudioError(refusal)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= self.max_gpus_per_job:
+            raise StudioError(f"a job may ask for 1 to {self.max_gpus_per_job} GPU(s) here, got {gpus!r}")
+        self._check_owner_limits(owner)
         report = self.dataset(owner, dataset_id)
         if not report.ready:
             raise StudioError(f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")
@@ -170,8 +195,25 @@ class Studio:
         # The job carries the model as planned here: the worker loads that folder with that memory preset, and
         # fails in one line, before loading, if the GPU's free memory no longer fits it (memory.check_plan_fits).
         self._drop_unmasked(folder, report)
-        return self.scheduler.submit(owner, report.relation, run, planned.model_dump(mode="json"))
+        return self.scheduler.submit(owner, report.relation, run, planned.model_dump(mode="json"), gpus)
 
+    def _check_owner_limits(self, owner: str) -> None:
+        """Refuse (StudioError, one line saying the limit and how to free room) a new job of an owner at a limit."""
+        active = self.workspace.store.list(owner, states=ACTIVE)
+        if len(active) >= self.settings.max_jobs_per_owner:
+            raise StudioError(
+                f"you have {len(active)} jobs queued or training, the most one person may have here "
+                f"({self.settings.max_jobs_per_owner}); wait for one to finish or cancel one")
+        self.check_disk(owner)
+
+    def check_disk(self, owner: str) -> None:
+        """Refuse (StudioError) when the owner's datasets and runs use the disk one person may use here."""
+        used = self.workspace.disk_used(owner)
+        limit = self.settings.max_disk_gb_per_owner * 1e9
+        if used >= limit:
+            raise StudioError(
+                f"your datasets and training runs use {used / 1e9:.2f} GB of the {limit / 1e9:g} GB one person may "
+                "use here; delete a dataset or a relation you no longer need to free room")
     @staticmethod
     def _drop_unmasked(folder: Path, report: datasets.DatasetReport) -> None:
         # The trainer refuses a dataset with a video lacking masks; those videos were flagged to the user.
@@ -202,6 +244,13 @@ class Studio:
 
     def resume_job(self, owner: str, job_id: str) -> Job:
         return self.scheduler.resume(job_id, owner)
+
+    def delete_job(self, owner: str, job_id: str) -> None:
+        """Delete a finished job of the owner with its run folder (checkpoints, the LoRA, samples) and the
+        generations made with it. JobNotFound when it is not theirs; JobError while it is queued or training."""
+        job = self.workspace.store.delete(job_id, owner)
+        shutil.rmtree(job.job_dir, ignore_errors=True)
+        shutil.rmtree(self.workspace.generation_dir(owner, job.id), ignore_errors=True)
 
     def list_jobs(self, owner: str) -> list[Job]:
         return self.workspace.store.list(owner)
@@ -239,12 +288,16 @@ class Studio:
         """Generate with one of the owner's relations, a relation published on the Hub (its id, user/name) or
         BASE_MODEL; the video joins that relation's gallery.
 
-        On a GPU, generation waits for no training job: it is refused while one trains (the GPU policy).
+        Generation runs on a GPU slot no training job holds, and is refused when every slot trains (the GPU
+        policy, jobs/scheduler.py); on a machine without GPUs it runs beside training.
         """
-        if self.on_gpu and (running := self.scheduler.training_running()) is not None:
-            raise StudioError(
-                f"the GPU is training a relation ({running.state}); generate once it finishes, or cancel that job"
-            )
+        with self.scheduler.lend_slot() as slot:
+            if slot is None and self.scheduler.executor.gpu_slots:
+                raise StudioError("every GPU is training a relation; generate once a job finishes, or cancel one")
+            device = torch_device(slot) if slot is not None and self.model.device == "auto" else None
+            return self._generate(owner, job_id, request, device)
+
+    def _generate(self, owner: str, job_id: str, request: GenerateConfig, device: str | None) -> GenerationRecord:
         if job_id == BASE_MODEL:
             lora, relation = None, {"relation_id": BASE_MODEL, "relation": "base model"}
         elif "/" in job_id:  # a relation published on the Hub, fetched without the app's own login (token=False)
@@ -253,7 +306,7 @@ class Studio:
             trained = self._relation(owner, job_id)
             # The run folder: every expert's LoRA file loads into its expert.
             lora, relation = trained.lora_path.parent, {"relation_id": job_id, "relation": trained.relation}
-        return self.generator.generate(lora, request, self.workspace.generation_dir(owner, job_id), relation)
+        return self.generator.generate(lora, request, self.workspace.generation_dir(owner, job_id), relation, device)
 
     def publish_relation(self, owner: str, job_id: str, repo_id: str, token: str, private: bool = False) -> str:
         """Publish one of the owner's trained relations to the Hub model repo `repo_id` with the owner's `token`

@@ -108,6 +108,12 @@ class Workspace:
             raise StudioError(f"dataset {dataset_id!r} not found: create masks for your videos first")
         return folder
 
+    def disk_used(self, owner: str) -> int:
+        """Bytes `owner`'s files use: their folder (datasets, generations) and their jobs' folders (runs, logs)."""
+        folders = [self.owner_dir(owner)] + [job.job_dir for job in self.store.list(owner)]
+        return sum(path.stat().st_size for folder in folders if folder.is_dir()
+                   for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
+
     def generation_dir(self, owner: str, job_id: str) -> Path:
         """Where `owner`'s generations with relation `job_id` ('base' for none, user/name for one from the Hub)
         go (not created here); StudioError for an id that is not a relation id, HubError for a bad Hub id."""
