@@ -356,3 +356,84 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint_after_an_app_restart(sto
     status = job_status(store, job.id, "alice")
     assert [step for step, _ in status.loss_history["loss"]] == list(range(1, 41))  # the redone steps once
     assert any("queued again to continue from step-" in line for line in status.log_tail)
+
+
+# GPU slots (fake GPU ids on a CPU machine: the workers train on the CPU and report the ids they were given).
+
+
+def test_owners_take_turns_in_the_queue(store, make_run):
+    alice = [store.create("alice", f"a{i}", make_run()) for i in range(4)]
+    bob = store.create("bob", "b", make_run())
+    store.update(alice[0].id, state="training")
+    # Alice trains one job already: Bob's first job goes before her second; then one each in turn.
+    assert [job.id for job in store.queue()] == [bob.id, alice[1].id, alice[2].id, alice[3].id]
+    carol = store.create("carol", "c", make_run())
+    assert [job.id for job in store.queue()] == [bob.id, carol.id, alice[1].id, alice[2].id, alice[3].id]
+    assert store.queue_position(carol.id) == 2 and store.next_queued() == bob
+
+
+def test_slots_place_jobs_on_free_gpus_and_the_head_of_the_queue_is_never_passed(store, make_run):
+    executor = LocalExecutor(["0", "1", "2"])
+    scheduler = JobScheduler(store, executor)
+    one = store.create("alice", "a", make_run())
+    store.update(one.id, state="training", devices=["1"])
+    running = store.in_states(RUNNING)
+    big, small = store.create("bob", "b", make_run(), gpus=3), store.create("bob", "c", make_run())
+    assert executor.place(store.load(small.id), running, held=()) == ["0"]
+    assert executor.place(store.load(big.id), running, held=()) is None
+    assert executor.free_slots(running, held=("2",)) == ["0"]
+    scheduler._start_queued()  # the 3-GPU job heads the queue and waits; the 1-GPU job behind it waits too
+    assert [job.state for job in (store.load(big.id), store.load(small.id))] == ["queued", "queued"]
+    with pytest.raises(JobError, match=r"a job may ask for 1 to 3 GPU\(s\) here"):
+        scheduler.submit("bob", "d", make_run(), gpus=4)
+
+    with scheduler.lend_slot() as first, scheduler.lend_slot() as second, scheduler.lend_slot() as none_left:
+        assert (first, second, none_left) == ("0", "2", None)  # "1" trains
+        assert executor.place(store.load(small.id), running, scheduler._lent) is None
+    with scheduler.lend_slot() as again:
+        assert again == "0"
+
+
+def _reported(job) -> dict:
+    """What the worker of `job` saw (prepared.json: host, the CUDA_VISIBLE_DEVICES ids, processes)."""
+    return wait_for(job.folder.prepared, f"job {job.id} to report its devices")
+
+
+def _step_times(job) -> list[float]:
+    return [record["time"] for record in read_progress(job.output_dir / "progress.jsonl") if "losses" in record]
+
+
+def test_two_slots_train_two_jobs_at_once_and_a_two_gpu_job_waits_for_both(store, schedulers, make_run):
+    scheduler = schedulers(slots=("0", "1"))
+    endless = dict(steps=100_000, checkpoint_every=100_000, eval_every=0)
+    first = scheduler.submit("alice", "a", make_run(**endless))
+    second = scheduler.submit("bob", "b", make_run(**endless))
+    first, second = (wait_for_state(store, job, "training") for job in (first, second))
+    assert {first.devices, second.devices} == {("0",), ("1",)}
+    assert [_reported(job)["devices"] for job in (first, second)] == [list(first.devices), list(second.devices)]
+    wait_for(lambda: len(_step_times(first)) >= 2 and len(_step_times(second)) >= 2, "steps of both jobs")
+    a, b = _step_times(first), _step_times(second)
+    assert a[0] < b[-1] and b[0] < a[-1]  # their training intervals overlap
+
+    # A job asking for both GPUs waits at the head, and the 1-GPU job behind it waits too.
+    pair = scheduler.submit("carol", "pair", make_run(steps=3, eval_every=0), gpus=2)
+    after = scheduler.submit("carol", "after", make_run(steps=2, eval_every=0))
+
+    scheduler.stop()  # the app goes away; both workers train on; a new app adopts both
+    restarted = schedulers(slots=("0", "1"))
+    assert restarted.reconcile() == []
+    assert [store.load(job.id) for job in (first, second)] == [first, second]
+
+    assert restarted.cancel(first.id, "alice").state == "cancelled"
+    assert group_members(first.pid) == [] and store.load(second.id).state == "training"
+    assert psutil.pid_exists(second.pid)
+    time.sleep(1.0)  # several scheduler passes with GPU 0 free
+    assert [store.load(job.id).state for job in (pair, after)] == ["queued", "queued"]
+    assert job_status(store, pair.id, "carol").queue_position == 1
+
+    restarted.cancel(second.id, "bob")
+    done = wait_for_state(store, pair, "done")
+    assert done.devices == ("0", "1")
+    assert _reported(pair) | {"host": None, "time": None} == {"host": None, "time": None, "devices": ["0", "1"],
+                                                              "processes": 2}
+    wait_for_state(store, after, "done")

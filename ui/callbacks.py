@@ -20,6 +20,7 @@ from gradio import processing_utils, utils
 from pydantic import ValidationError
 
 from dreamrelation.config import GenerateConfig, MaskCorrection, describe_validation_error
+from dreamrelation.jobs import CPU_SLOT
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import DatasetReport
 from dreamrelation.studio.service import BASE_MODEL
@@ -93,6 +94,27 @@ def _when(seconds: float) -> str:
     return time.strftime("%H:%M" if same_day else "%-d %b %H:%M", moment)
 
 
+def _gpus(count: int, devices) -> str:
+    """'GPU 0' / 'GPUs 0, 1' once placed (none: 'the CPU'), else how many it asks for."""
+    if devices:
+        named = [device for device in devices if device != CPU_SLOT]
+        return f"GPU{'s' if len(named) > 1 else ''} {', '.join(named)}" if named else "the CPU"
+    return f"{count} GPU{'s' if count > 1 else ''}"
+
+
+def _whole(value, name: str, default: int) -> int:
+    """A whole number from a form or API value (None or blank: `default`); ValueError in one line otherwise."""
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
 def _paths(files) -> list[Path]:
     if not files:
         return []
@@ -159,17 +181,17 @@ def build_callbacks(studio: Studio):
                        rank: int | None = None, lambda_mask: float | None = None,
                        lambda_contrastive: float | None = None, num_frames: int | None = None,
                        height: int | None = None, width: int | None = None, experts: str | None = None,
-                       request: gr.Request = None):
+                       gpus: int | None = None, request: gr.Request = None):
         """Queue a training job on a dataset with a preset ('quick' or 'paper'); any setting left out (None)
         keeps the preset's, clip sizes left out (or 0) the model's; `experts` ('high', 'low', 'both') is for
-        two-expert models. Returns the job id."""
+        two-expert models; `gpus` (default 1) how many GPUs the job trains on. Returns the job id."""
         values = dict(steps=steps, learning_rate=learning_rate, seed=seed, sample_every=sample_every, rank=rank,
                       lambda_mask=lambda_mask, lambda_contrastive=lambda_contrastive, num_frames=num_frames,
                       height=height, width=width, experts=experts)
         settings = {name: None if values[name] in ("", None) else values[name] for name in SETTING_NAMES}
         for name in ("num_frames", "height", "width"):  # a blank browser field arrives as 0: the model's default
             settings[name] = settings[name] or None
-        return studio.start_training(owner_of(request), dataset_id, preset, settings).id
+        return studio.start_training(owner_of(request), dataset_id, preset, settings, _whole(gpus, "gpus", 1)).id
 
     @user_errors
     def job_status(job_id: str, request: gr.Request):
@@ -189,6 +211,20 @@ def build_callbacks(studio: Studio):
     def resume_job(job_id: str, request: gr.Request):
         """Resume a failed or cancelled job from its newest checkpoint; returns its state."""
         return studio.resume_job(owner_of(request), str(job_id).strip()).state
+
+    @user_errors
+    def delete_job(job_id: str, request: gr.Request):
+        """Delete a finished (done, failed or cancelled) job with its run, its relation LoRA and the videos
+        generated with it, to free room; returns 'deleted'."""
+        studio.delete_job(owner_of(request), str(job_id or "").strip())
+        return "deleted"
+
+    @user_errors
+    def delete_dataset(dataset_id: str, request: gr.Request):
+        """Delete one of your datasets (videos, masks, cached latents); relations trained on it stay. Returns
+        'deleted'."""
+        studio.delete_dataset(owner_of(request), str(dataset_id or "").strip())
+        return "deleted"
 
     @user_errors
     def list_relations(request: gr.Request):
@@ -237,7 +273,7 @@ def build_callbacks(studio: Studio):
         eta = f", about {int(status.eta_s)} s left" if status.eta_s else ""
         error = f"\n\n**Error:** {status.error}" if status.error else ""
         summary = (f"**{status.relation}** — {status.state}{queue}: step {status.step}/{status.steps}{eta}; "
-                   f"{status.memory_note}{error}")
+                   f"{_gpus(status.gpus, status.devices)}; {status.memory_note}{error}")
         rows = [{"step": s, "value": v, "term": term} for term, points in status.loss_history.items() for s, v in points]
         import pandas as pd
 
@@ -273,8 +309,14 @@ def build_callbacks(studio: Studio):
 
     @user_errors
     def my_jobs(request: gr.Request):
-        jobs = studio.list_jobs(owner_of(request))
-        return gr.update(choices=[(f"{j.relation} — started {_when(j.created)}", j.id) for j in jobs])
+        owner = owner_of(request)
+        positions = studio.queue_positions(owner)
+
+        def label(job):
+            state = f"#{positions[job.id]} in the queue" if job.id in positions else job.state
+            return f"{job.relation} — {state}, {_gpus(job.gpus, job.devices)}, submitted {_when(job.created)}"
+
+        return gr.update(choices=[(label(job), job.id) for job in studio.list_jobs(owner)])
 
     def preset_form(preset: str):
         values = preset_values(preset)
@@ -287,7 +329,8 @@ def build_callbacks(studio: Studio):
         return studio.overlay_frame(owner_of(request), dataset_id, video, int(frame))
 
     return SimpleNamespace(**{f.__name__: f for f in (
-        create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job,
+        create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job, delete_job,
+        delete_dataset,
         list_relations, generate, download_relation, refresh_job, relation_choices, relation_gallery, my_jobs,
         preset_form, show_frame, dataset_choices, example_preview, publish_relation,
     )})

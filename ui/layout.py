@@ -108,11 +108,17 @@ def build_demo(studio: Studio) -> gr.Blocks:
             # A dropdown that passes any value on: build_run names the presets (a Radio refuses others itself,
             # logging a traceback for a caller's typo).
             # Picked by name; the value (what the API takes and returns) is the dataset's id.
-            dataset_id = gr.Dropdown([], label="Dataset to train on", allow_custom_value=True, elem_id="dataset-pick",
-                                     info="The dataset you made or loaded last, or any other of yours.")
+            with gr.Row():
+                dataset_id = gr.Dropdown([], label="Dataset to train on", allow_custom_value=True,
+                                         elem_id="dataset-pick", scale=4,
+                                         info="The dataset you made or loaded last, or any other of yours.")
+                delete_dataset = gr.Button("Delete this dataset", size="sm", elem_id="delete-dataset", scale=1)
             preset = gr.Dropdown(list(TRAINING_PRESETS), value=DEFAULT_PRESET, label="Preset", info=preset_help(),
                                  allow_custom_value=True, elem_id="preset")
             form = _settings_form(preset_values(DEFAULT_PRESET), studio.spec.experts)
+            gpus = _value(1, "GPUs", visible=studio.max_gpus_per_job > 1, elem_id="gpus",
+                          info=f"How many GPUs the job trains on (1 to {studio.max_gpus_per_job}; data-parallel); "
+                          "it starts when that many are free.")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
                 # Picked by name; the value (what the API takes and returns) is the job's id.
@@ -120,6 +126,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                      info="The job this tab follows: the one you started last, or any other of yours.")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-job")
                 resume = gr.Button("Resume", elem_id="resume-job")
+                delete_job = gr.Button("Delete", elem_id="delete-job")
             job_state = gr.Textbox(visible=False)  # what cancel/resume answer through the API; the summary shows it
             status_request = gr.Button(visible=False)  # the named /job_status endpoint (a stream, not for the page)
             job_summary = gr.Markdown(elem_id="job-summary")
@@ -184,11 +191,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # Training.
         preset.change(cb.preset_form, preset, form, **PRIVATE)
-        start.click(cb.start_training, [dataset_id, preset, *form], job_id, api_name="start_training").then(
+        start.click(cb.start_training, [dataset_id, preset, *form, gpus], job_id, api_name="start_training").then(
             cb.my_jobs, None, job_id, **PRIVATE)
+        delete_dataset.click(cb.delete_dataset, dataset_id, job_state, api_name="delete_dataset", **LIGHT).then(
+            cb.dataset_choices, None, dataset_id, **PRIVATE)
         status_api = gr.JSON(visible=False)
         status_request.click(cb.job_status, job_id, status_api, api_name="job_status", **LIGHT)
-        for action, name in ((cancel, "cancel_job"), (resume, "resume_job")):
+        for action, name in ((cancel, "cancel_job"), (resume, "resume_job"), (delete_job, "delete_job")):
             action.click(getattr(cb, name), job_id, job_state, api_name=name, **LIGHT).then(
                 cb.my_jobs, None, job_id, **PRIVATE)
         timer.tick(cb.refresh_job, job_id, [job_summary, progress_bar, loss_plot, sample_video, log_tail], **PRIVATE,

@@ -270,19 +270,20 @@ class JobStore:
     def queue(self) -> list[Job]:
         """The queued jobs of every owner in the order they start: owners take turns.
 
-        A job's turn is how many jobs its owner has running plus how many of the owner's queued jobs are older;
-        lower turns go first, then older jobs. So one owner's twelve jobs in a row do not hold back the next
-        owner's first, and an owner already training waits behind one who is not.
+        A job's turn is how many jobs its owner already had queued or training when it was submitted (read from
+        the table: those created before it and not finished by then). Lower turns go first, then older jobs. So
+        one owner's twelve jobs in a row do not hold back the next owner's first, and the order of two jobs
+        never changes while they wait.
         """
-        running: dict[str, int] = {}
-        for job in self.in_states(RUNNING):
-            running[job.owner] = running.get(job.owner, 0) + 1
-        queued, turns, seen = self.in_states(("queued",)), {}, dict(running)
-        for job in queued:  # oldest first
-            turns[job.id] = seen.get(job.owner, 0)
-            seen[job.owner] = turns[job.id] + 1
-        return sorted(queued, key=lambda job: turns[job.id])  # stable: older first within a turn
+        queued = self.in_states(("queued",))
+        owners = {job.owner for job in queued}
+        mine = {owner: self._select("owner = ?", (owner,), None, newest_first=False) for owner in owners}
 
+        def turn(job: Job) -> int:
+            return sum(1 for other in mine[job.owner] if other.created < job.created
+                       and (other.finished is None or other.finished > job.created))
+
+        return sorted(queued, key=turn)  # stable: older first within a turn
     def queue_position(self, job_id: str) -> int | None:
         """1-based place of a queued job in the queue (`queue`'s order), or None when it is not queued."""
         for position, job in enumerate(self.queue(), start=1):

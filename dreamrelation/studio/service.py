@@ -128,7 +128,9 @@ class Studio:
         self, owner: str, relation: str, uploads: list[Path], captions: str | list[str],
         subjects: str | None = None, engine: str = "auto", progress: Progress | None = None,
     ) -> datasets.DatasetReport:
-        """Ingest uploads and make their masks (datasets.create_dataset with the app's settings)."""
+        """Ingest uploads and make their masks (datasets.create_dataset with the app's settings); refused while
+        the owner's files use the disk one person may use here."""
+        self.check_disk(owner)
         return datasets.create_dataset(
             self.workspace, owner, relation, uploads, captions, self.clip_defaults, MasksConfig(engine=engine),
             subjects, progress,
@@ -140,7 +142,8 @@ class Studio:
         return datasets.example_preview(example)
 
     def load_example(self, owner: str, example: str) -> datasets.DatasetReport:
-        """A new dataset with a bundled example's videos and ground-truth masks."""
+        """A new dataset with a bundled example's videos and ground-truth masks (refused as create_dataset is)."""
+        self.check_disk(owner)
         return datasets.copy_example(self.workspace, owner, example)
 
     def dataset(self, owner: str, dataset_id: str) -> datasets.DatasetReport:
@@ -181,7 +184,8 @@ class Studio:
         if refusal := self.training_refusal():
             raise StudioError(refusal)
         if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= self.max_gpus_per_job:
-            raise StudioError(f"a job may ask for 1 to {self.max_gpus_per_job} GPU(s) here, got {gpus!r}")
+            raise StudioError(f"a job may ask for 1 to {self.max_gpus_per_job} GPU(s) here "
+                              f"({self.scheduler.executor.describe()}), got {gpus!r}")
         self._check_owner_limits(owner)
         report = self.dataset(owner, dataset_id)
         if not report.ready:
@@ -251,6 +255,10 @@ class Studio:
         job = self.workspace.store.delete(job_id, owner)
         shutil.rmtree(job.job_dir, ignore_errors=True)
         shutil.rmtree(self.workspace.generation_dir(owner, job.id), ignore_errors=True)
+
+    def queue_positions(self, owner: str) -> dict[str, int]:
+        """{job id: 1-based place in the queue} of the owner's queued jobs (the queue holds everyone's)."""
+        return {job.id: place for place, job in enumerate(self.workspace.store.queue(), start=1) if job.owner == owner}
 
     def list_jobs(self, owner: str) -> list[Job]:
         return self.workspace.store.list(owner)
