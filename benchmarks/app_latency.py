@@ -1,14 +1,17 @@
-"""Benchmark (issue #5): latency of the app's read endpoints under many clients, with and without training.
+"""Benchmark (issues #5, #23): latency of the app's read endpoints under many clients, with and without
+training, and the scheduler's overhead per job start.
 
 Starts `python app.py` (tiny-random model, a temporary data directory, a login so that every client is the
-same user and sees the same jobs), trains one short job, then has N gradio_client clients (one process each) call
+same user and sees the same jobs, and --jobs GPU slots named 0..N-1: on a machine without GPUs, fake ids, so
+that N local jobs train at once on the CPU), trains one short job, then has the clients (one process each) call
 `/job_status` (of the finished job) and `/list_relations` in turn, one call every --interval seconds each (as a
-page polls its job; 0 for back-to-back calls), for D seconds: once with the machine
-idle, once while a long training job saturates the CPU. Prints p50/p95/max latency and the error count per
-endpoint and phase (goal: p95 < 250 ms while training).
+page polls its job; 0 for back-to-back calls), for D seconds: once with the machine idle, once while --jobs long
+training jobs saturate the CPU. Prints p50/p95/max latency and the error count per endpoint and phase (goal:
+p95 < 250 ms while 2 jobs train), then per job start: the time from submission to the worker's start (the
+scheduler's poll included) and the time the executor took to start it (from the app's log).
 
-    PYTHONPATH=. python benchmarks/app_latency.py                  # 20 clients, 60 s per phase
-    PYTHONPATH=. python benchmarks/app_latency.py --clients 5 --seconds 10
+    PYTHONPATH=. python benchmarks/app_latency.py                  # 20 clients, 60 s per phase, 2 jobs
+    PYTHONPATH=. python benchmarks/app_latency.py --clients 5 --seconds 10 --jobs 1
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -130,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="Polling time per phase.")
     parser.add_argument("--interval", type=float, default=1.0, help="Seconds each client waits between calls "
                         "(a page polling its job); 0: back to back.")
+    parser.add_argument("--jobs", type=int, default=2, help="Long jobs training at once during the second phase.")
     args = parser.parse_args(argv)
     from dreamrelation.toyworld.dataset import write_relation_dataset
     from dreamrelation.toyworld.world import sample_scenes
@@ -138,21 +143,40 @@ def main(argv=None) -> None:
     uploads = sorted(write_relation_dataset(work / "uploads", sample_scenes(2, seed=3, relations=("orbits",)),
                                             13, 64, 64).glob("*.mp4"))
     port = free_port()
-    server = start_app(work / "home", work / "cache", port, work / "app.log", extra_args=["--auth", ":".join(AUTH)])
+    slots = ",".join(str(slot) for slot in range(args.jobs))
+    server = start_app(work / "home", work / "cache", port, work / "app.log",
+                       extra_args=["--auth", ":".join(AUTH), "--gpus", slots, "--max-jobs-per-owner", "100"])
     url = f"http://127.0.0.1:{port}/"
     try:
         finished = train_job(url, uploads, 4, wait=True)
         rows = summary_rows("idle", poll(url, finished, args.seconds, args.clients, args.interval))
-        running = train_job(url, uploads, 100_000, wait=False)
-        wait_until_training(url, running)
-        rows += summary_rows("training", poll(url, finished, args.seconds, args.clients, args.interval))
-        client(url).predict(running, api_name="/cancel_job")
+        running = [train_job(url, uploads, 100_000, wait=False) for _ in range(args.jobs)]
+        for job_id in running:
+            wait_until_training(url, job_id)
+        rows += summary_rows(f"{args.jobs} training", poll(url, finished, args.seconds, args.clients, args.interval))
+        for job_id in running:
+            client(url).predict(job_id, api_name="/cancel_job")
     finally:
         stop_app(server)
     print(f"\n{args.clients} clients, one call every {args.interval:g} s each, {args.seconds:.0f} s per phase, "
           f"tiny-random model, {work}\n")
     print("| phase | endpoint | calls | errors | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\n| job | GPU slots | submitted to started ms | executor start ms |\n|---|---|---|---|")
+    print("\n".join(start_rows(work / "home", work / "app.log")))
+
+
+def start_rows(home: Path, log: Path) -> list[str]:
+    """One row per job: its slots, the time from submission to its worker's start (the scheduler's poll and
+    claim included) and the executor's own start time (the app log's "started on ... in S s")."""
+    from dreamrelation.jobs import JobStore
+
+    executor_s = dict(re.findall(r"job (\w+): started on .* in ([0-9.]+) s", log.read_text()))
+    rows = []
+    for job in sorted(JobStore(home).in_states(("done", "cancelled", "failed")), key=lambda job: job.created):
+        rows.append(f"| {job.id} | {', '.join(job.devices)} | {(job.started - job.created) * 1000:.0f} | "
+                    f"{float(executor_s.get(job.id, 'nan')) * 1000:.1f} |")
+    return rows
 
 
 if __name__ == "__main__":
