@@ -14,6 +14,7 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,8 @@ def _empty_file(folder: Path) -> Path:
 UPLOADS = {
     "text named .mp4": (_text_file, "not a readable video"),
     "empty file": (_empty_file, "file is empty"),
-    "1-frame video": (lambda d: _write_frames(d / "still.mp4", 1, 64), "still image"),
+    "1-frame video": (lambda d: _write_frames(d / "still.mp4", 1, 64),
+                      "still.mp4: video is a still image (1 frame); 13 frames at 24 fps need a clip at least 0.54 s"),
     "no video stream": (_audio_only, "no video stream"),
     "4000x4000 frame": (lambda d: _write_frames(d / "huge.mp4", 2, 4000), "over the limit"),
 }
@@ -259,12 +261,78 @@ def test_bad_uploads_get_one_line_and_change_nothing(server, flow, tmp_path, vid
         _one_line_refusal(client, log, "/create_masks", ([handle_file(str(videos[0]))], captions, relation, "",
                                                          "basic"), {}, message)
         assert _trees(home) == before, captions
-    # A caption naming one subject: the dataset is made, and its report says on one line why the video has no
-    # masks.
-    _, summary, overlays, _ = client.predict([handle_file(str(videos[0]))], "A red circle moves.", "orbits", "",
-                                             "basic", api_name="/create_masks")
+    # A caption naming one subject: the dataset is made, its report says on one line why the video has no
+    # masks, and training on it is refused in one line, before any job exists.
+    dataset_id, summary, overlays, _ = client.predict([handle_file(str(videos[0]))], "A red circle moves.", "orbits",
+                                                      "", "basic", api_name="/create_masks")
     assert overlays == [] and "No video has masks" in summary
-    assert [line for line in summary.splitlines() if "❌" in line and "subject" in line]
+    name = videos[0].stem
+    assert (f"- `{name}` (no two subjects in its caption): ❌ caption names one subject; name both, e.g. 'A dog is "
+            "chasing a cat.' or pass --subjects dog,cat") in summary.splitlines()
+    before = _trees(home)
+    _one_line_refusal(client, log, "/start_training", (dataset_id,), {"steps": 1},
+                      f"dataset {dataset_id} has no video with masks yet: fix or replace its videos")
+    assert _trees(home) == before
+
+
+def _private_call(url: str, elem_id: str, data: list, event_data: dict) -> dict:
+    """Call by hand the page's private event that takes the component `elem_id` (no API name: the browser calls it
+    by its index, and so can a hostile client); returns the queue's closing message."""
+    with urllib.request.urlopen(f"{url}config", timeout=30) as response:
+        config = json.load(response)
+    component = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+    event = next(d for d in config["dependencies"] if component in d["inputs"])
+    session = uuid.uuid4().hex
+    body = {"data": data, "event_data": event_data, "fn_index": event["id"], "trigger_id": event["targets"][0][0],
+            "session_hash": session}
+    request = urllib.request.Request(f"{url}gradio_api/queue/join", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).close()
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=120) as response:
+        for line in response:
+            message = json.loads(line[5:]) if line.startswith(b"data:") else {}
+            if message.get("msg") == "process_completed":
+                return message
+    raise AssertionError("the queue closed without answering")
+
+
+ENGINE_CHOICES = "engine: must be one of 'auto', 'sam2', 'basic', got "
+SUBJECT_CHOICES = "subject: must be one of 'subject 1', 'subject 2', got "
+LABEL_CHOICES = "label (1 on the subject, 0 not): must be one of 1, 0, got "
+
+
+def test_a_value_outside_a_radios_choices_gets_one_line_naming_them(server, flow, videos):
+    from gradio_client import handle_file
+
+    url, home, log = server
+    owner, dataset_id, _ = flow
+    video = next((home / "owners").glob(f"*/datasets/{dataset_id}/*.mp4")).stem
+    before = _trees(home)
+    # The mask engine (the Data tab), through gradio_client.
+    for value, shown in (("sam3", "'sam3'"), ("", "''"), (3, "3"), (["basic"], "['basic']"), (None, "None")):
+        _one_line_refusal(owner, log, "/create_masks", ([handle_file(str(videos[0]))], CAPTION, "orbits", "", value),
+                          {}, ENGINE_CHOICES + shown)
+    # ... and by hand: the refusal is the whole error event.
+    log_before = log.read_text()
+    stream = _raw_call(url, "create_masks", [None, CAPTION, "orbits", "", "SAM2"], "a-stranger")
+    assert "event: error" in stream and "event: complete" not in stream, stream
+    [data] = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
+    assert json.loads(data)["error"] == ENGINE_CHOICES + "'SAM2'", stream
+    assert "Traceback" not in log.read_text()[len(log_before):]
+    # The subject a correction is for.
+    for value, shown in (("subject 3", "'subject 3'"), (1, "1"), ("Subject 1", "'Subject 1'"), (None, "None")):
+        _one_line_refusal(owner, log, "/correct_masks", (dataset_id, video),
+                          {"frame": 0, "subject": value, "points": "[[3, 4, 1]]"}, SUBJECT_CHOICES + shown)
+    # The label a click adds: a private event (no API name), called by its index as the browser does.
+    click = {"index": [3, 4], "value": None, "selected": True}
+    for value, shown in ((2, "2"), ("1", "'1'"), ("on the subject", "'on the subject'"), (None, "None")):
+        log_before = log.read_text()
+        answer = _private_call(url, "correct-label", ["[]", value], click)
+        assert answer["success"] is False and answer["output"]["error"] == LABEL_CHOICES + shown, answer
+        assert "Traceback" not in log.read_text()[len(log_before):]
+    answer = _private_call(url, "correct-label", ["[[1, 2, 1]]", 0], click)  # a click the page sends
+    assert answer["success"] is True and answer["output"]["data"] == ["[[1, 2, 1], [3, 4, 0]]"], answer
+    assert _trees(home) == before
 
 
 def test_odd_names_stay_inside_the_dataset(server, flow, tmp_path, videos):

@@ -1,6 +1,7 @@
 """The `dreamrelation` command line end to end, its errors, and multi-process training with accelerate."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,23 +93,32 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
          "relation someone/missing could not be fetched from the Hub or its cache (LocalEntryNotFoundError)"),
         (["push", "{missing}", "--repo", "someone/approaching"], "no relation LoRA in"),
         (["push", "{data}", "--repo", "not a repo"], "not a Hub repo id: write user/name"),
+        (["train", "--data", "{one_subject}", "--frames", "13", "--device", "cpu", "--output", "{out}/run"],
+         "one_subject/clip00.txt: caption names one subject; name both subjects in it, e.g. 'A dog is chasing a cat.'"),
+        (["masks", "--data", "{one_frame}", "--engine", "basic"],
+         "dreamrelation: clip00: the video has 1 frame; a relation clip needs at least 2 (and training takes the "
+         "model's num_frames): use a video, not a still image"),
     ],
     ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora",
          "negative-seed", "non-numeric-steps", "relation-share", "sigma-sampling", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
          "mask-colours", "long-caption", "latin1-caption", "data-is-a-file", "missing-hub-lora", "push-no-run",
-         "push-bad-repo"],
+         "push-bad-repo", "one-subject-caption", "one-frame-video"],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(data_dir, cache_dir, tmp_path, args, message):
     values = {"missing": tmp_path / "missing", "data": data_dir, "out": tmp_path}
-    for name in ("nocaption", "small_masks", "noisy_masks", "long_caption", "latin1"):
+    for name in ("nocaption", "small_masks", "noisy_masks", "long_caption", "latin1", "one_subject"):
         values[name] = write_two_subject_dataset(tmp_path / name, num_videos=1, num_frames=13)
+    values["one_frame"] = write_two_subject_dataset(tmp_path / "one_frame", num_videos=1, num_frames=1)
+    shutil.rmtree(values["one_frame"] / "masks")  # a still image, captioned, to make masks for
+    (values["one_subject"] / "clip00.txt").write_text("A red square moves.\n")
     next(values["nocaption"].glob("*.txt")).unlink()
     for png in values["small_masks"].glob("masks/*/*.png"):
         Image.open(png).resize((24, 16), Image.NEAREST).save(png)
     for png in values["noisy_masks"].glob("masks/*/*.png"):  # a soft brush: no flat subject colour left
         noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
         Image.fromarray(np.maximum(np.asarray(Image.open(png).convert("RGB")), noise)).save(png)
-    next(values["long_caption"].glob("*.txt")).write_text("red " * 2800 + "square")
+    # Two subjects (else the caption check before the model loads answers first), 2801 one-token words + EOS.
+    next(values["long_caption"].glob("*.txt")).write_text("red " * 2797 + "square on a square")
     next(values["latin1"].glob("*.txt")).write_bytes("Un carré rouge approche un carré vert.".encode("latin-1"))
     values["latin1"], values["video"] = next(values["latin1"].glob("*.mp4")), next(data_dir.glob("*.mp4"))
     result = run_cli([a.format(**values) for a in args], cache_dir)

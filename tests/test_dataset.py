@@ -12,6 +12,7 @@ from PIL import Image
 
 from dreamrelation.data.dataset import (
     DatasetError,
+    check_captions,
     load_subject_masks,
     mask_frame_paths,
     scan_dataset,
@@ -187,6 +188,40 @@ def test_scan_lists_every_problem(tmp_path):
     assert "clip02: mask folder not found" in problems[2]
 
 
+def test_a_caption_naming_one_subject_is_refused_unless_its_masks_were_made_for_two_named_ones(tmp_path):
+    root = write_two_subject_dataset(tmp_path / "data", num_videos=3, num_frames=1, height=16, width=16)
+    (root / "clip01.txt").write_text("A red square moves.\n")
+    with pytest.raises(DatasetError) as caught:
+        scan_dataset(root)
+    assert str(caught.value) == (
+        f"1 problem(s) in dataset {root}: {root}/clip01.txt: caption names one subject; name both subjects in it, "
+        "e.g. 'A dog is chasing a cat.'"
+    )
+    # What a run checks before it loads anything (train.planning): the same, files named inside the folder.
+    with pytest.raises(DatasetError) as caught:
+        check_captions(root)
+    assert str(caught.value) == (
+        "1 problem(s) in dataset data: clip01.txt: caption names one subject; name both subjects in it, "
+        "e.g. 'A dog is chasing a cat.'"
+    )
+    # A video without masks is left out of a run (the app moves it aside): only the full scan names it.
+    (root / "clip02.txt").write_text("Two people high-five.\n")
+    shutil.rmtree(root / "masks" / "clip02")
+    with pytest.raises(DatasetError, match=r"^1 problem\(s\) in dataset data: clip01\.txt: caption names one"):
+        check_captions(root)
+    with pytest.raises(DatasetError, match=r"^3 problem\(s\) .*clip02\.txt: caption names one subject; .*"
+                                            r"clip02: mask folder not found"):
+        scan_dataset(root)
+    (root / "clip02.mp4").unlink()
+    # Masks made for two subjects the user named (`masks --subjects`, recorded in masks.json) take the caption.
+    (root / "masks" / "clip01" / "masks.json").write_text(json.dumps({"subjects": ["red square", "green square"]}))
+    assert [sample.name for sample in scan_dataset(root)] == ["clip00", "clip01"]
+    check_captions(root)
+    (root / "masks" / "clip01" / "masks.json").write_text(json.dumps({"subjects": ["red square", ""]}))
+    with pytest.raises(DatasetError, match="clip01.txt: caption names one subject"):
+        check_captions(root)
+
+
 def test_scan_masks_dir_layout(tmp_path):
     root = write_two_subject_dataset(tmp_path / "data", num_frames=1, height=16, width=16)
     reference_masks = tmp_path / "reference_masks"
@@ -203,3 +238,18 @@ def test_scan_bad_folders(tmp_path):
         scan_dataset(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match=r"no videos found; add NAME\.mp4\|\.mov\|\.webm files"):
         scan_dataset(tmp_path)
+
+
+def test_a_run_on_a_caption_naming_one_subject_is_refused_when_planned_before_any_model_loads(tmp_path, monkeypatch):
+    from dreamrelation.config import DataConfig, RunConfig
+    from dreamrelation.train import planning
+
+    root = write_two_subject_dataset(tmp_path / "data", num_videos=2, num_frames=1, height=16, width=16)
+    (root / "clip00.txt").write_text("Two people high-five.\n")
+    monkeypatch.setattr(planning, "resolve_model", lambda *args: pytest.fail("a model was resolved"))
+    with pytest.raises(DatasetError) as caught:
+        planning.plan_training(RunConfig(data=DataConfig(data_dir=root)))
+    assert str(caught.value) == (
+        "1 problem(s) in dataset data: clip00.txt: caption names one subject; name both subjects in it, "
+        "e.g. 'A dog is chasing a cat.'"
+    )

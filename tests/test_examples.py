@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import load_script
 
-from dreamrelation.data.dataset import load_subject_masks, mask_frame_paths, scan_dataset
+from dreamrelation.data.dataset import check_captions, load_subject_masks, mask_frame_paths, scan_dataset
 from dreamrelation.data.video import load_clip
 from dreamrelation.toyworld.captions import parse_caption
 from dreamrelation.toyworld import examples
@@ -27,6 +27,7 @@ def test_shipped_examples_match_the_script(relation, tmp_path):
     script = load_script("scripts/make_examples.py")
     shipped = EXAMPLES / relation
     samples = scan_dataset(shipped)
+    check_captions(shipped)  # what a run checks first: each caption names two subjects
     assert len(samples) == examples.DEFAULT_COUNT
     first, second = (subject.phrase for subject in examples.EXEMPLAR_SUBJECTS)
     assert {parse_caption(sample.caption) for sample in samples} == {(first, relation, second)}

@@ -12,7 +12,7 @@ from PIL import Image
 from test_masks_basic import FRAMES, SIZE, iou, synthetic_video
 
 from dreamrelation.config import MasksConfig
-from dreamrelation.data.dataset import DatasetError, load_subject_masks
+from dreamrelation.data.dataset import DatasetError, check_captions, load_subject_masks
 from dreamrelation.data.video import probe_video, read_frames, write_video
 from dreamrelation.masks.pipeline import make_masks, overlay_frames
 from dreamrelation.masks.prompts import Detection, SubjectPrompt
@@ -99,11 +99,16 @@ def test_a_bad_video_gets_an_error_and_the_others_still_get_masks(tmp_path):
     _write_dataset(tmp_path, {"a": "apart", "b": "touching", "c": "noisy"}, captions={"b": "Two people high-five."})
     (tmp_path / "d.mp4").write_bytes(b"not a video")
     (tmp_path / "d.txt").write_text(CAPTION)
+    write_video(tmp_path / "e.mp4", synthetic_video("apart")[0][:1], fps=24)  # a still image
+    (tmp_path / "e.txt").write_text(CAPTION)
     results = {r.name: r for r in make_masks(tmp_path, MasksConfig(engine="basic"))}
     assert results["b"].error.startswith("caption names one subject")
     assert results["b"].flags == [f"no masks: {results['b'].error}"] and results["b"].subjects is None
     assert "not a readable video" in results["d"].error
-    assert not (tmp_path / "masks" / "b").exists() and not (tmp_path / "masks" / "d").exists()
+    assert results["e"].error == ("the video has 1 frame; a relation clip needs at least 2 (and training takes the "
+                                  "model's num_frames): use a video, not a still image")
+    for name in ("b", "d", "e"):
+        assert not (tmp_path / "masks" / name).exists()
     for name in ("a", "c"):
         assert results[name].error is None and (results[name].mask_dir / "frame00024.png").is_file()
 
@@ -113,6 +118,8 @@ def test_subjects_override_and_names(tmp_path):
     [result] = make_masks(tmp_path, MasksConfig(engine="basic"), subjects={"a": ("circle", "square")}, names=["a"])
     assert result.subjects == ("circle", "square") and result.error is None
     assert not (tmp_path / "masks" / "b").exists()
+    # Training takes the caption the heuristic cannot read: its masks were made for the two subjects named.
+    check_captions(tmp_path)
     with pytest.raises(DatasetError, match="no video named '../a'"):
         make_masks(tmp_path, MasksConfig(engine="basic"), names=["../a"])
     with pytest.raises(ValueError, match="two non-empty names"):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import time
+import typing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +21,7 @@ import gradio as gr
 from gradio import processing_utils, utils
 from pydantic import ValidationError
 
-from dreamrelation.config import GenerateConfig, MaskCorrection, describe_validation_error
+from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, describe_validation_error
 from dreamrelation.jobs import CPU_SLOT
 from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import DatasetReport
@@ -28,6 +30,10 @@ from dreamrelation.studio.training import EDITABLE, preset_values
 
 SETTING_NAMES = list(EDITABLE)
 DEFAULT_PRESET = "quick"  # the app's: a job of minutes on the CPU toy model (the CLI's is the paper's)
+# The choices of the page's radios, by the value each sends: what the callbacks accept, and all they accept.
+ENGINES = {name: name for name in typing.get_args(MasksConfig.model_fields["engine"].annotation)}
+SUBJECTS = {f"subject {n}": n for n in typing.get_args(MaskCorrection.model_fields["subject"].annotation)}
+CLICK_LABELS = {1: "on the subject", 0: "not the subject"}  # a clicked point's label (MaskCorrection.points)
 log = logging.getLogger("dreamrelation.app")
 
 try:  # On a ZeroGPU Space a GPU is attached only for the duration of a call decorated with spaces.GPU.
@@ -78,6 +84,16 @@ def user_errors(fn):
             raise refuse(error) from None
 
     return generator_wrapper if inspect.isgeneratorfunction(fn) else wrapper
+
+
+def choice(field: str, value, choices: dict):
+    """What a radio's `value` stands for in `choices` (the values it sends -> what they mean to the library);
+    for any other value a ValueError naming the values (the page's radios pass every value on, for this line)."""
+    try:
+        return choices[value]
+    except (KeyError, TypeError):  # TypeError: a list or an object, which no radio sends
+        allowed = ", ".join(repr(key) for key in choices)
+        raise ValueError(f"{field}: must be one of {allowed}, got {value!r}") from None
 
 
 def served(path: Path) -> str:
@@ -155,6 +171,7 @@ def build_callbacks(studio: Studio):
                      request: gr.Request = None, progress=gr.Progress()):
         """Upload relation videos (1-30) with captions (one per line, or one for all) and make subject masks.
         Returns the dataset id, a summary, the mask overlays and the video names."""
+        engine = choice("engine", engine, ENGINES)
         report = studio.create_dataset(owner_of(request), relation or "", _paths(videos), captions or "",
                                        subjects or None, engine, progress)
         return report_outputs(report)
@@ -170,7 +187,7 @@ def build_callbacks(studio: Studio):
         """Correct one subject ('subject 1' or 'subject 2') on a frame with points as JSON [[x, y, label], ...]
         (label 1 on it, 0 not); re-propagates that video's masks."""
         correction = MaskCorrection.model_validate(
-            {"frame": frame, "subject": {"subject 1": 1, "subject 2": 2}.get(subject, subject), "points": points}
+            {"frame": frame, "subject": choice("subject", subject, SUBJECTS), "points": points}
         )
         report = studio.correct_masks(owner_of(request), dataset_id, video, correction, progress)
         return report_outputs(report)
@@ -323,6 +340,19 @@ def build_callbacks(studio: Studio):
         return [values[name] for name in SETTING_NAMES]
 
     @user_errors
+    def add_point(points: str, label: int, event: gr.SelectData):
+        """Append the clicked pixel (x, y) with the label picked to the points list (JSON)."""
+        label = choice("label (1 on the subject, 0 not)", label, {value: value for value in CLICK_LABELS})
+        try:
+            listed = json.loads(points or "[]")
+        except json.JSONDecodeError:
+            listed = None
+        if not isinstance(listed, list):
+            raise ValueError(f"points: write the points as [[x, y, label], ...], got {points!r}")
+        x, y = event.index
+        return json.dumps(listed + [[x, y, label]])
+
+    @user_errors
     def show_frame(dataset_id: str, video: str, frame: float, request: gr.Request):
         if not dataset_id or not video:
             return None
@@ -332,5 +362,5 @@ def build_callbacks(studio: Studio):
         create_masks, load_example, correct_masks, start_training, job_status, cancel_job, resume_job, delete_job,
         delete_dataset,
         list_relations, generate, download_relation, refresh_job, relation_choices, relation_gallery, my_jobs,
-        preset_form, show_frame, dataset_choices, example_preview, publish_relation,
+        preset_form, show_frame, add_point, dataset_choices, example_preview, publish_relation,
     )})

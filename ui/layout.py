@@ -15,7 +15,7 @@ from dreamrelation.studio import Studio
 from dreamrelation.studio.datasets import MAX_VIDEOS, list_examples
 from dreamrelation.presets import TRAINING_PRESETS, preset_help
 from dreamrelation.studio.training import preset_values
-from ui.callbacks import DEFAULT_PRESET, SETTING_NAMES, build_callbacks
+from ui.callbacks import CLICK_LABELS, DEFAULT_PRESET, ENGINES, SETTING_NAMES, SUBJECTS, build_callbacks
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif"]
 PRIVATE = {"api_visibility": "private"}
@@ -27,6 +27,17 @@ def _value(value, label: str, **kwargs) -> gr.Number:
     """A number field whose value reaches the callback as sent, for the library's configs to check: a field
     with gradio's own bounds or rounding would refuse bad values with a traceback in the app's log."""
     return gr.Number(value, label=label, precision=None, **kwargs)
+
+
+def _radio(choices, **kwargs) -> gr.Radio:
+    """A radio whose value reaches the callback as sent, for the callback to check against the same choices
+    (ui.callbacks.choice): gradio's own check would refuse a value outside them with a traceback in the app's log.
+
+    Set on the instance (a subclass of a gradio component makes gradio write a .pyi stub beside this file), so
+    keep it an input only: gradio rebuilds a component an event updates from its class."""
+    radio = gr.Radio(choices, **kwargs)
+    radio.preprocess = lambda payload: payload
+    return radio
 
 
 def _settings_form(defaults: dict, experts: tuple) -> list[gr.components.Component]:
@@ -85,7 +96,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           placeholder="A person is shaking hands with a person.", elem_id="captions")
                     subjects = gr.Textbox(label="Subjects (optional, e.g. 'dog, cat'; default: from captions)",
                                           elem_id="subjects")
-                    engine = gr.Radio(["auto", "sam2", "basic"], value="auto", label="Mask engine", elem_id="engine")
+                    engine = _radio(list(ENGINES), value="auto", label="Mask engine", elem_id="engine")
                     make_masks = gr.Button("Upload and make masks", variant="primary", elem_id="make-masks")
                 with gr.Column():
                     summary = gr.Markdown(elem_id="masks-summary")
@@ -95,8 +106,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     video_name = gr.Dropdown([], label="Video", elem_id="correct-video")
                     frame = _value(0, "Frame", elem_id="correct-frame")
-                    subject = gr.Radio(["subject 1", "subject 2"], value="subject 1", label="Subject")
-                    label = gr.Radio([("on the subject", 1), ("not the subject", 0)], value=1, label="Click adds")
+                    subject = _radio(list(SUBJECTS), value="subject 1", label="Subject", elem_id="correct-subject")
+                    label = _radio([(name, value) for value, name in CLICK_LABELS.items()], value=1, label="Click adds",
+                                   elem_id="correct-label")
                 frame_image = gr.Image(label="Click the frame to add points", interactive=False,
                                        elem_id="correct-image")
                 points = gr.Textbox("[]", label="Points [[x, y, label], ...]", elem_id="correct-points")
@@ -187,7 +199,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                           api_name="correct_masks").then(lambda: "[]", None, points, **PRIVATE)
         for trigger in (video_name.change, frame.change, overlays.change):
             trigger(cb.show_frame, [dataset_id, video_name, frame], frame_image, **PRIVATE)
-        frame_image.select(_add_point, [points, label], points, **PRIVATE)
+        frame_image.select(cb.add_point, [points, label], points, **PRIVATE)
 
         # Training.
         preset.change(cb.preset_form, preset, form, **PRIVATE)
@@ -218,11 +230,3 @@ def build_demo(studio: Studio) -> gr.Blocks:
                       api_name="publish_relation").then(lambda: "", None, hub_token, **PRIVATE)
         use_hub.click(lambda repo_id: (repo_id or "").strip(), hub_relation, relation_pick, **PRIVATE)
     return demo
-
-
-def _add_point(points: str, label: int, event: gr.SelectData) -> str:
-    """Append the clicked pixel (x, y) with its label to the points list (JSON)."""
-    import json
-
-    x, y = event.index
-    return json.dumps(json.loads(points or "[]") + [[x, y, int(label)]])

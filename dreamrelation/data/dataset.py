@@ -16,8 +16,12 @@ import numpy as np
 from PIL import Image
 
 from dreamrelation.data.video import center_crop_resize
+from dreamrelation.masks.subjects import SubjectError, subject_phrases
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm")
+# A relation is motion between two subjects: a still image (one frame) shows none. Uploads and videos to mask
+# need at least this many frames (training clips take the model's num_frames on top).
+MIN_RELATION_FRAMES = 2
 
 # A pixel is foreground when any channel is above this: masks exported from editors or lossy formats are
 # rarely pure black.
@@ -53,16 +57,40 @@ def _raise_problems(data_dir: Path, problems: list[str]) -> None:
         raise DatasetError(f"{len(problems)} problem(s) in dataset {data_dir}: " + " | ".join(problems))
 
 
-def _read_caption(path: Path) -> tuple[str, str | None]:
-    """Return (caption, problem): the stripped text of a caption file, or a problem line saying what is wrong."""
+def _read_caption(path: Path, where: str | None = None) -> tuple[str, str | None]:
+    """Return (caption, problem): the stripped text of a caption file, or a problem line saying what is wrong
+    (naming the file as `where`, default its path)."""
     example = "write one sentence such as 'A person is shaking hands with a person.'"
+    where = where or str(path)
     if not path.is_file():
-        return "", f"{path}: missing caption; {example}"
+        return "", f"{where}: missing caption; {example}"
     try:
         caption = path.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError:
-        return "", f"{path}: caption is not UTF-8 text; save it as UTF-8"
-    return caption, None if caption else f"{path}: caption is empty; {example}"
+        return "", f"{where}: caption is not UTF-8 text; save it as UTF-8"
+    return caption, None if caption else f"{where}: caption is empty; {example}"
+
+
+def _named_subjects(mask_dir: Path) -> bool:
+    """Whether the masks were made for two subjects named when they were made (masks/NAME/masks.json, which
+    make_masks writes: from the caption, or from the user's --subjects for a caption the heuristic cannot read)."""
+    try:
+        subjects = json.loads((mask_dir / "masks.json").read_text(encoding="utf-8")).get("subjects")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(subjects, list) and len(subjects) == 2 and all(isinstance(s, str) and s.strip() for s in subjects)
+
+
+def _subjects_problem(where: str, caption: str, mask_dir: Path) -> str | None:
+    """A problem line when the caption does not name two subjects, by the masks stage's own reading of it
+    (masks.subjects.subject_phrases), unless the sample's masks were made for two named subjects; else None."""
+    try:
+        subject_phrases(caption)
+    except SubjectError as error:
+        if _named_subjects(mask_dir):
+            return None
+        return f"{where}: {error.problem}; name both subjects in it, e.g. 'A dog is chasing a cat.'"
+    return None
 
 
 def _mask_folder_problem(mask_dir: Path) -> str | None:
@@ -78,9 +106,9 @@ def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None) -> l
     """Find and check every sample of a relation dataset folder.
 
     Takes the dataset folder and, optionally, the folder holding NAME/frame<N>.png masks (default
-    DATA_DIR/masks). Returns the samples sorted by name. Checks that each video has a non-empty NAME.txt
-    caption and a mask folder with at least one frame<N>.png, collecting every problem before raising a
-    single DatasetError that lists them all.
+    DATA_DIR/masks). Returns the samples sorted by name. Checks that each video has a NAME.txt caption naming
+    two subjects (see check_captions) and a mask folder with at least one frame<N>.png, collecting every
+    problem before raising a single DatasetError that lists them all.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -103,13 +131,39 @@ def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None) -> l
             continue
         seen[name] = video
         caption, problem = _read_caption(data_dir / f"{name}.txt")
-        problems.append(problem)
         mask_dir = masks_root / name
+        problems.append(problem or _subjects_problem(str(data_dir / f"{name}.txt"), caption, mask_dir))
         if masks_root.is_dir():
             problems.append(_mask_folder_problem(mask_dir))
         samples.append(RelationSample(name, video, caption, mask_dir))
     _raise_problems(data_dir, [p for p in problems if p])
     return samples
+
+
+def check_captions(data_dir: str | Path, masks_dir: str | Path | None = None) -> None:
+    """Check the captions of the videos a run trains on (those with a mask folder) before anything loads.
+
+    Takes the dataset folder and its masks folder (default DATA_DIR/masks). Each caption must be UTF-8 text
+    naming two subjects as the masks stage reads them (masks.subjects.subject_phrases: 'A dog is chasing a
+    cat.'); a caption it cannot read passes when the sample's masks were made for two subjects the user named
+    (`masks --subjects`, recorded in masks/NAME/masks.json). Videos without masks are left to scan_dataset
+    (the app leaves them out of training). Raises one DatasetError listing every problem, files named
+    relative to the dataset folder; reads no video or mask.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"{data_dir.name}: dataset folder not found; check the path")
+    masks_root = Path(masks_dir) if masks_dir is not None else data_dir / "masks"
+    problems = []
+    for video in sorted(p for p in data_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+        caption_file, mask_dir = data_dir / f"{video.stem}.txt", masks_root / video.stem
+        if not mask_dir.is_dir() or not caption_file.is_file():
+            continue
+        caption, problem = _read_caption(caption_file, caption_file.name)
+        problems.append(problem or _subjects_problem(caption_file.name, caption, mask_dir))
+    problems = [p for p in problems if p]
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s) in dataset {data_dir.name}: " + " | ".join(problems))
 
 
 def mask_frame_paths(mask_dir: str | Path) -> dict[int, Path]:

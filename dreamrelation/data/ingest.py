@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from dreamrelation.config import IngestConfig
+from dreamrelation.data.dataset import MIN_RELATION_FRAMES
 from dreamrelation.data.video import (
     VideoError,
     VideoInfo,
@@ -158,9 +159,9 @@ def _check_video(info: VideoInfo, config: IngestConfig, shape: ClipShape) -> Non
             f"trim it, e.g. ffmpeg -i INPUT -t {config.max_duration_s:g} OUTPUT.mp4"
         )
     needed = shape.num_frames / shape.fps
-    if info.num_frames < 2 or info.duration + _DURATION_TOLERANCE_S < needed:
+    if info.num_frames < MIN_RELATION_FRAMES or info.duration + _DURATION_TOLERANCE_S < needed:
         length = f"{info.duration:.2f} s long ({info.num_frames} frames)"
-        what = "a still image (1 frame)" if info.num_frames < 2 else length
+        what = "a still image (1 frame)" if info.num_frames < MIN_RELATION_FRAMES else length
         raise IngestError(
             f"video is {what}; {shape.num_frames} frames at {shape.fps:g} fps need a clip at least {needed:.2f} s "
             "long; upload a longer clip, or lower num_frames"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamrelation.config import MasksConfig
-from dreamrelation.data.dataset import VIDEO_EXTENSIONS, DatasetError, write_subject_masks
+from dreamrelation.data.dataset import MIN_RELATION_FRAMES, VIDEO_EXTENSIONS, DatasetError, write_subject_masks
 from dreamrelation.data.video import VideoError, probe_video, read_frames, write_video
 from dreamrelation.masks.basic import order_by_colour_words, segment_basic
 from dreamrelation.masks.prompts import SubjectPrompt
@@ -220,10 +220,16 @@ def _mask_dir(data_dir: Path, name: str) -> Path:
 
 
 def _decode(videos: list[Path]) -> tuple[np.ndarray, float]:
-    """Every frame of a name's one video, uint8 (F, H, W, 3), and its frame rate (0.0 if unknown)."""
+    """Every frame of a name's one video, uint8 (F, H, W, 3), and its frame rate (0.0 if unknown);
+    _VideoFailure for a video of fewer than MIN_RELATION_FRAMES frames (a still image)."""
     if len(videos) > 1:
         raise _VideoFailure(f"{', '.join(v.name for v in videos)} share one name; keep one video per name")
     info = probe_video(videos[0])
+    if info.num_frames < MIN_RELATION_FRAMES:
+        raise _VideoFailure(
+            f"the video has {info.num_frames} frame{'' if info.num_frames == 1 else 's'}; a relation clip needs at "
+            f"least {MIN_RELATION_FRAMES} (and training takes the model's num_frames): use a video, not a still image"
+        )
     return read_frames(videos[0], list(range(info.num_frames))), info.fps
 
 
@@ -273,9 +279,9 @@ def make_masks(
     or None: from each NAME.txt caption), box/point corrections by video name (sam2 engine only), the
     video names to do, and a progress callback (fraction, message). Writes DATA/masks/NAME/ for each video
     that could be segmented, flags included. Returns one VideoMasks per video, in name order; a video that
-    fails (unreadable, no second subject in its caption, subjects not detected) carries the error and the
-    others are still done. Raises DatasetError for a missing folder or unknown names, SubjectError for a
-    malformed `subjects` pair, and the sam2 engine's errors when engine='sam2' cannot load.
+    fails (unreadable, a single frame, no second subject in its caption, subjects not detected) carries the
+    error and the others are still done. Raises DatasetError for a missing folder or unknown names,
+    SubjectError for a malformed `subjects` pair, and the sam2 engine's errors when engine='sam2' cannot load.
     """
     data_dir = Path(data_dir)
     if subjects is not None and not isinstance(subjects, dict):

@@ -20,7 +20,14 @@ import re
 
 
 class SubjectError(ValueError):
-    """A caption (or --subjects value) that does not name two subjects; the message says how to fix it."""
+    """A caption (or --subjects value) that does not name two subjects; the message says how to fix it.
+
+    `problem` is the message without the fix, for a caller that gives its own (training has no --subjects).
+    """
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
 
 
 _NAME_BOTH = "name both, e.g. 'A dog is chasing a cat.' or pass --subjects dog,cat"
@@ -83,7 +90,7 @@ def subject_phrases(caption: str) -> tuple[str, str]:
     start = 1 if words and words[0] in _DETERMINERS else 0
     first, position = _noun_phrase(words, start)
     if not first:
-        raise SubjectError(f"caption names no subject; {_NAME_BOTH}")
+        raise SubjectError("caption names no subject", _NAME_BOTH)
     # Candidates for subject 2: each noun phrase opened by a later determiner, with the word before it.
     candidates = []
     for index in range(position, len(words)):
@@ -94,7 +101,7 @@ def subject_phrases(caption: str) -> tuple[str, str]:
     while len(candidates) > 1 and candidates[-1][0] in _SCENE_PREPOSITIONS:
         candidates.pop()
     if not candidates:
-        raise SubjectError(f"caption names one subject; {_NAME_BOTH}")
+        raise SubjectError("caption names one subject", _NAME_BOTH)
     return " ".join(first), " ".join(candidates[-1][1])
 
 
