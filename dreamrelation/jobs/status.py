@@ -3,26 +3,17 @@ relations an owner has trained."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import TypeAdapter
 
 from dreamrelation.jobs.store import JobStore
 from dreamrelation.outputs import RunDir
 from dreamrelation.train.progress import read_progress
 
 LOG_TAIL_LINES = 20
-
-
-def _json_ready(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    return value
 
 
 @dataclass
@@ -56,7 +47,7 @@ class JobStatus:
 
     def to_dict(self) -> dict:
         """The status as JSON-ready values (paths as strings, (step, value) pairs as lists)."""
-        return _json_ready(dataclasses.asdict(self))
+        return TypeAdapter(JobStatus).dump_python(self, mode="json")
 
 
 @dataclass
@@ -71,7 +62,7 @@ class TrainedRelation:
 
     def to_dict(self) -> dict:
         """The entry as JSON-ready values."""
-        return _json_ready(dataclasses.asdict(self))
+        return TypeAdapter(TrainedRelation).dump_python(self, mode="json")
 
 
 def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
