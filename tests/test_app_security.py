@@ -171,7 +171,7 @@ def test_view_api_names_every_parameter(server):
     endpoints = _client(url).view_api(print_info=False, return_format="dict")["named_endpoints"]
     expected = {
         "/start_training": ["dataset_id", "preset", "steps", "learning_rate", "seed", "sample_every", "rank",
-                            "lambda_mask", "lambda_contrastive", "num_frames", "height", "width", "experts"],
+                            "lambda_mask", "lambda_contrastive", "num_frames", "height", "width", "experts", "gpus"],
         "/generate": ["relation_id", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "num_frames",
                       "lora_scale", "compare"],
         "/create_masks": ["videos", "captions", "relation", "subjects", "engine"],

@@ -69,7 +69,7 @@ def test_browser_upload_then_example_masks_train_generate_compare_by_names(tmp_p
             page.locator("#start-training").click()
             expect(page.locator("#job-summary")).to_contain_text("done", timeout=TIMEOUT_MS)
             expect(page.locator("#job-summary")).to_contain_text("on the CPU")  # what the memory preset means here
-            expect(page.locator("#my-jobs input")).to_have_value(re.compile(r"^orbits — started "))
+            expect(page.locator("#my-jobs input")).to_have_value(re.compile(r"^orbits — 1 GPU, submitted "))
             page.screenshot(path=ARTIFACTS / "3-train.png", full_page=True)
 
             # 3. Generate with the relation, picked by its name; then beside the base model.

@@ -214,7 +214,7 @@ def test_the_app_fetches_hub_relations_without_its_login_and_publishes_only_with
     monkeypatch.setattr(studio.generator, "generate", lambda *args: renders.append(args))
 
     studio.generate(owner, REPO, GenerateConfig(prompt=CAPTION))
-    lora, _, folder, relation = renders[0]
+    lora, _, folder, relation, _device = renders[0]
     assert lora == snapshot and relation == {"relation_id": REPO, "relation": REPO}
     assert folder == studio.workspace.owner_dir(owner) / "generations" / "hub--someone--approaching"
     assert downloads[0]["token"] is False  # a private repo the server's own login opens stays closed

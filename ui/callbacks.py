@@ -326,14 +326,10 @@ def build_callbacks(studio: Studio):
 
     @user_errors
     def my_jobs(request: gr.Request):
-        owner = owner_of(request)
-        positions = studio.queue_positions(owner)
-
-        def label(job):
-            state = f"#{positions[job.id]} in the queue" if job.id in positions else job.state
-            return f"{job.relation} — {state}, {_gpus(job.gpus, job.devices)}, submitted {_when(job.created)}"
-
-        return gr.update(choices=[(label(job), job.id) for job in studio.list_jobs(owner)])
+        # What does not change while a job runs: its state, GPUs and queue place are in the summary below.
+        jobs = studio.list_jobs(owner_of(request))
+        return gr.update(choices=[(f"{j.relation} — {j.gpus} GPU{'s' if j.gpus > 1 else ''}, submitted "
+                                   f"{_when(j.created)}", j.id) for j in jobs])
 
     def preset_form(preset: str):
         values = preset_values(preset)

@@ -256,10 +256,6 @@ class Studio:
         shutil.rmtree(job.job_dir, ignore_errors=True)
         shutil.rmtree(self.workspace.generation_dir(owner, job.id), ignore_errors=True)
 
-    def queue_positions(self, owner: str) -> dict[str, int]:
-        """{job id: 1-based place in the queue} of the owner's queued jobs (the queue holds everyone's)."""
-        return {job.id: place for place, job in enumerate(self.workspace.store.queue(), start=1) if job.owner == owner}
-
     def list_jobs(self, owner: str) -> list[Job]:
         return self.workspace.store.list(owner)
 
