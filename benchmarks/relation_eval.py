@@ -84,7 +84,7 @@ from dreamrelation.toyworld.examples import (
     exemplar_scenes,
     write_examples,
 )
-from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, RELATIONS, SHAPES, Scene, Subject
+from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, RELATIONS, SHAPES, Scene, Subject, sample_scenes
 
 DATA_VERSION = 1  # bump when the exemplar data would change for the same settings
 
@@ -149,6 +149,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "'{\"lambda_mask\": 5}'.")
     parser.add_argument("--train", type=json.loads, default={}, metavar="JSON",
                         help="TrainConfig fields set on every run, e.g. '{\"sigma_sampling\": \"shifted\"}'.")
+    parser.add_argument("--prior-clips", type=int, default=0,
+                        help="Prior preservation (docs/method.md §8): N clips the base generates for captions of its "
+                        "trained relations with random subjects, mixed into every trained row (TrainConfig.prior_dir; "
+                        "--train '{\"prior_share\": ...}' sets their share). 0: off.")
     parser.add_argument("--seeds", type=int, help="Replicates, seeds 0..N-1 (3; quick 1).")
     parser.add_argument("--prompts-per-relation", type=int, help="Unseen-subject prompts per relation (6; quick 2).")
     parser.add_argument("--fit-prompts", type=int, help="Videos per relation and seed on the exemplars' own caption "
@@ -295,6 +299,20 @@ def prepare_data(args, relation: str) -> dict:
         "captions": sorted({caption(scene) for scene in scenes}),
         "mask_quality": quality,
     }
+
+
+def prepare_prior(args) -> Path:
+    """Write (or reuse) the prior-preservation clips: the base model's own videos of --prior-clips captions of its
+    trained relations with random subject pairs (drawn from --data-seed + 1). Returns their folder."""
+    from dreamrelation.models.base import ClipShape
+    from dreamrelation.toyworld.world import TRAINED_RELATIONS
+    from dreamrelation.train.prior import write_prior_clips
+
+    folder = args.work_dir / "prior" / f"n{args.prior_clips}-f{args.frames}-s{args.size}-seed{args.data_seed}"
+    captions = [caption(scene) for scene in sample_scenes(args.prior_clips, args.data_seed + 1, TRAINED_RELATIONS)]
+    shape = ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=24)
+    return write_prior_clips(load_fresh(args), captions, folder, shape, seed=args.data_seed,
+                             steps=args.sample_steps, guidance_scale=args.guidance)
 
 
 # ------------------------------------------------------------------------------------------- train + judge
@@ -496,6 +514,8 @@ def run(args) -> dict:
     args.sample_steps, args.guidance = generation.steps, generation.guidance_scale
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data = {relation: prepare_data(args, relation) for relation in args.relations}
+    if args.prior_clips:
+        args.train = {**args.train, "prior_dir": str(prepare_prior(args))}
     prompts = {
         relation: unseen_prompts(relation, data[relation]["subjects"], args.prompts_per_relation, args.data_seed)
         for relation in args.relations

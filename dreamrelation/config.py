@@ -299,6 +299,13 @@ class TrainConfig(_Settings):
         "train/evaluation.py) every N steps and at the last (0: never).",
     )
     eval_points: int = Field(4, ge=1, le=64, description="Fixed (clip, noise, σ) points of the evaluation loss.")
+    prior_dir: Path | None = Field(
+        None, description="Prior preservation (docs/method.md §8; off by default): a folder of clips the base model "
+        "generated for other captions (NAME.mp4 and NAME.txt, no masks; train/prior.py writes one). A share "
+        "of the steps (prior_share) trains on them with the adapters generation keeps and the plain loss, so the "
+        "relation LoRA keeps the base's behaviour for other subjects and relations.",
+    )
+    prior_share: float = Field(0.25, ge=0, lt=1, description="Share of the steps on prior clips, with prior_dir.")
     sample_every: int = Field(0, ge=0, description="Render a sample video every N steps (0: never).")
     sample_prompt: str | None = Field(None, description="Prompt of the samples; None: the first caption.")
     log_every: int = Field(1, ge=1, description="Append to progress.jsonl every N steps.")

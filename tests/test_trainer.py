@@ -269,3 +269,44 @@ def test_bf16_base_trains_with_fp32_adapters(model_config, dataset_dir, tmp_path
     assert all(p.dtype == torch.float32 for n, p in transformer.named_parameters() if "lora_" in n)
     assert transformer.transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)
+
+
+def _prior_folder(dataset_dir, folder):
+    """A prior-preservation folder: the dataset's videos and captions, without masks (as the base's own clips)."""
+    import shutil
+
+    folder.mkdir()
+    for path in dataset_dir.iterdir():
+        if path.is_file() and path.suffix in (".mp4", ".txt"):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_a_prior_step_trains_only_the_kept_adapters_on_a_prior_clip(model_config, dataset_dir, tmp_path):
+    from dreamrelation.method.adapters import prior_mode
+
+    prior_dir = _prior_folder(dataset_dir, tmp_path / "prior")
+    assert [s.mask_dir for s in scan_dataset(prior_dir, with_masks=False)] == [None, None]
+    with pytest.raises(Exception, match="masks folder not found"):
+        scan_dataset(prior_dir)
+    training, _ = prepared(model_config, dataset_dir, tmp_path / "run", warmup_steps=0)
+    tiny_prior = prepare_dataset(load_model(model_config), scan_dataset(prior_dir, with_masks=False),
+                                 DataConfig(data_dir=prior_dir, **CLIP), model_config.cache_dir, show_progress=False)
+    assert all(not record["subject_masks"].any() for record in tiny_prior.records)
+    training.ctx.prior = tiny_prior
+    transformer = training.ctx.transformers["transformer"]
+    before = {name: p.detach().clone() for name, p in transformer.named_parameters() if "lora_" in name}
+    terms = train_step(training.ctx, prior_mode(training.ctx.method), training.state)
+    assert terms.keys() == {"loss", "loss_rec"} and terms["loss"] == terms["loss_rec"]  # plain loss, no contrastive
+    changed = {name.split(".lora_")[1].split(".")[1] for name, p in transformer.named_parameters()
+               if "lora_" in name and not torch.equal(p, before[name])}
+    assert changed == {"relation", "ffn"}  # what generation keeps; the subject adapters stay as they were
+
+
+def test_prior_preservation_mixes_prior_steps_into_a_run(model_config, dataset_dir, tmp_path):
+    prior_dir = _prior_folder(dataset_dir, tmp_path / "prior")
+    run = run_config(model_config, dataset_dir, tmp_path / "run", steps=12, checkpoint_every=100, prior_dir=prior_dir,
+                     prior_share=0.5)
+    train(run, show_progress=False)
+    modes = [r["mode"] for r in read_progress(tmp_path / "run" / "progress.jsonl") if "mode" in r]
+    assert 2 <= modes.count("prior") <= 10 and {"relation", "subject1", "subject2"} & set(modes)

@@ -79,7 +79,7 @@ def model_fingerprint(folder: Path) -> str:
 
 
 def _record_key(sample: RelationSample, shape: ClipShape, sampling: str, fingerprint: str) -> str:
-    masks = sorted(p for p in sample.mask_dir.iterdir() if p.is_file())
+    masks = sorted(p for p in sample.mask_dir.iterdir() if p.is_file()) if sample.mask_dir is not None else []
     payload = {
         "version": FORMAT_VERSION,
         "video": _file_digest(sample.video),
@@ -106,9 +106,12 @@ def _encode_sample(loaded, sample: RelationSample, shape: ClipShape, sampling: s
         raise DatasetError(f"{sample.video.with_suffix('.txt')}: caption is {problem}")
     info = probe_video(sample.video)  # once: the clip and its masks both need it
     frames, indices = load_clip(sample.video, shape.num_frames, shape.height, shape.width, sampling, info)
-    masks = torch.from_numpy(
-        load_subject_masks(sample.mask_dir, indices, shape.height, shape.width, (info.height, info.width))
-    )
+    if sample.mask_dir is None:  # a prior-preservation clip: trains with the plain loss, no subject masks
+        masks = torch.zeros(2, len(indices), shape.height, shape.width, dtype=torch.bool)
+    else:
+        masks = torch.from_numpy(
+            load_subject_masks(sample.mask_dir, indices, shape.height, shape.width, (info.height, info.width))
+        )
     mean, logvar = spec.encode_clip(pipe, frames)
     embeds, prompt_mask = spec.encode_prompts(pipe, [sample.caption])
     return {

@@ -43,12 +43,13 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class RelationSample:
-    """One training video: its name (the file stem), video file, caption and mask folder."""
+    """One training video: its name (the file stem), video file, caption and mask folder (None for a clip that
+    trains without masks: a prior-preservation clip)."""
 
     name: str
     video: Path
     caption: str
-    mask_dir: Path
+    mask_dir: Path | None
 
 
 def _raise_problems(data_dir: Path, problems: list[str]) -> None:
@@ -102,13 +103,15 @@ def _mask_folder_problem(mask_dir: Path) -> str | None:
     return None if found else f"{mask_dir}: no frame<N>.png masks; add one per video frame ({_MASK_HELP})"
 
 
-def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None) -> list[RelationSample]:
+def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None, *, with_masks: bool = True
+                 ) -> list[RelationSample]:
     """Find and check every sample of a relation dataset folder.
 
     Takes the dataset folder and, optionally, the folder holding NAME/frame<N>.png masks (default
     DATA_DIR/masks). Returns the samples sorted by name. Checks that each video has a NAME.txt caption naming
     two subjects (see check_captions) and a mask folder with at least one frame<N>.png, collecting every
-    problem before raising a single DatasetError that lists them all.
+    problem before raising a single DatasetError that lists them all. With `with_masks` False (a folder of
+    prior-preservation clips, which train without masks) only the videos and their captions are checked.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -121,7 +124,7 @@ def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None) -> l
     if not videos:
         raise DatasetError(f"{data_dir}: no videos found; add NAME{'|'.join(VIDEO_EXTENSIONS)} files")
     problems = []
-    if not masks_root.is_dir():
+    if with_masks and not masks_root.is_dir():
         problems.append(f"{masks_root}: masks folder not found; add NAME/frame<N>.png masks for each video")
     samples, seen = [], {}
     for video in videos:
@@ -131,6 +134,10 @@ def scan_dataset(data_dir: str | Path, masks_dir: str | Path | None = None) -> l
             continue
         seen[name] = video
         caption, problem = _read_caption(data_dir / f"{name}.txt")
+        if not with_masks:
+            problems.append(problem)
+            samples.append(RelationSample(name, video, caption, None))
+            continue
         mask_dir = masks_root / name
         problems.append(problem or _subjects_problem(str(data_dir / f"{name}.txt"), caption, mask_dir))
         if masks_root.is_dir():

@@ -66,6 +66,14 @@ def exported_adapters(method: MethodConfig) -> list[str]:
     return ["direct"] if method.mode == "direct-lora" else ["relation", "ffn"]
 
 
+PRIOR = "prior"  # the mode name of a prior-preservation step
+
+
+def prior_mode(method: MethodConfig) -> TrainingMode:
+    """The mode of a prior-preservation step: the adapters generation keeps, the plain loss (docs/method.md §8)."""
+    return TrainingMode(PRIOR, tuple(exported_adapters(method)), None)
+
+
 def training_modes(method: MethodConfig) -> list[TrainingMode]:
     """The modes one step picks from uniformly (docs/method.md §2)."""
     relation_mask = "relation" if method.mask_loss else None

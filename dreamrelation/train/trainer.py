@@ -25,12 +25,14 @@ from dreamrelation.data.cache import PreparedDataset, prepare_dataset
 from dreamrelation.data.dataset import scan_dataset
 from dreamrelation.export import export_lora
 from dreamrelation.method.adapters import (
+    PRIOR,
     TrainingMode,
     activate_adapters,
     adapter_parameter_count,
     add_adapters,
     draw_mode,
     exported_adapters,
+    prior_mode,
     training_modes,
 )
 from dreamrelation.method.losses import RelationalContrastiveLoss, hybrid_mask_loss, select_loss_mask
@@ -107,6 +109,8 @@ def train(
     # Phase 2: data, encoded once (the main process fills the cache, the others read it).
     with accelerator.main_process_first():
         dataset = prepare_dataset(loaded, samples, run.data, run.model.cache_dir, show_progress and main)
+        prior = (prepare_dataset(loaded, scan_dataset(run.train.prior_dir, with_masks=False), run.data,
+                                 run.model.cache_dir, show_progress and main) if run.train.prior_dir else None)
     if run.train.sample_every == 0:
         for component in spec.offload_after_encoding(pipe):
             if component is not None:
@@ -116,7 +120,7 @@ def train(
     training = prepare_training(
         run.train, run.method, spec=spec, transformers={e.component: getattr(pipe, e.component) for e in experts},
         vae_config=spec.vae_config, dtype=loaded.dtype, dataset=dataset, accelerator=accelerator,
-        offload=loaded.memory.preset == "offload",
+        offload=loaded.memory.preset == "offload", prior=prior,
     )
     if training.resumed_from is None and main:
         out.root.mkdir(parents=True, exist_ok=True)
@@ -185,13 +189,14 @@ def prepare_training(
     dataset: PreparedDataset,
     accelerator: Accelerator,
     offload: bool = False,
+    prior: PreparedDataset | None = None,
 ) -> Training:
     """Add the method's adapters to each trained expert of `transformers` ({pipeline component: transformer},
     frozen otherwise), build AdamW and the warm-up + cosine schedule, hand them to `accelerator`, and restore the
     newest checkpoint of `train.output_dir` when `train.resume` is set. `vae_config` holds the latent statistics
     the cached clips were encoded with; `dtype` is the base's compute dtype; `offload` (the memory preset)
     offloads the frozen layers once the adapters exist. Returns the step context, the state, the schedule and
-    the modes to draw from.
+    the modes to draw from. `prior`: the prepared prior-preservation clips, None without.
     """
     set_seed(train.seed)  # the adapters' Kaiming init draws from the global generator
     for transformer in transformers.values():
@@ -221,6 +226,7 @@ def prepare_training(
         experts=tuple(expert for expert in spec.experts if expert.component in transformers),
         optimizer=optimizer,
         dataset=dataset,
+        prior=prior,
         vae_config=vae_config,
         dtype=dtype,
         method=method,
@@ -239,9 +245,12 @@ def advance(training: Training) -> tuple[TrainingMode, dict[str, float]]:
 
     Returns the mode and the step's loss terms.
     """
-    state = training.state
-    mode = draw_mode(training.modes, training.ctx.method, state.mode_generator)
-    terms = train_step(training.ctx, mode, state)
+    state, ctx = training.state, training.ctx
+    if ctx.prior is not None and float(torch.rand((), generator=state.mode_generator)) < ctx.train.prior_share:
+        mode = prior_mode(ctx.method)
+    else:
+        mode = draw_mode(training.modes, ctx.method, state.mode_generator)
+    terms = train_step(ctx, mode, state)
     training.lr_schedule.step()
     state.step += 1
     return mode, terms
@@ -257,6 +266,7 @@ class StepContext:
     experts: tuple[Expert, ...]  # the trained experts, high noise first
     optimizer: torch.optim.Optimizer
     dataset: PreparedDataset
+    prior: PreparedDataset | None  # prior-preservation clips (train.prior_dir), None without
     vae_config: object  # latent statistics of the VAE the clips were encoded with
     dtype: torch.dtype
     method: MethodConfig
@@ -265,9 +275,12 @@ class StepContext:
 
 
 def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[str, float]:
-    """One optimizer step in one hybrid-mask mode; returns the loss terms as floats."""
+    """One optimizer step in one hybrid-mask mode (or the prior mode, on a prior clip); returns the loss terms as
+    floats."""
     method, generator = ctx.method, state.data_generator
-    batch = _draw_batch(ctx.dataset, ctx.train.caption_dropout, generator, ctx.accelerator.device)
+    prior_step = mode.name == PRIOR
+    dataset = ctx.prior if prior_step else ctx.dataset
+    batch = _draw_batch(dataset, ctx.train.caption_dropout, generator, ctx.accelerator.device)
     expert = _draw_expert(ctx.experts, state.mode_generator)
     activate_adapters(ctx.transformers[expert.component], mode.adapters)
 
@@ -286,7 +299,8 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
 
     loss_mask = select_loss_mask(batch["subject_masks"], mode.loss_mask)
     loss_rec = hybrid_mask_loss(pred, target, loss_mask, method.lambda_mask)
-    loss_rcl = state.contrastive(pred, generator) if state.contrastive else None
+    contrastive = state.contrastive if not prior_step else None  # its banks hold the exemplars' relation only
+    loss_rcl = contrastive(pred, generator) if contrastive else None
     loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
 
     ctx.accelerator.backward(loss)
@@ -294,8 +308,8 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
         ctx.accelerator.clip_grad_norm_(model.parameters(), ctx.train.max_grad_norm)
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    if state.contrastive:
-        state.contrastive.update_banks(pred)
+    if contrastive:
+        contrastive.update_banks(pred)
     terms = {"loss": loss.item(), "loss_rec": loss_rec.item()}
     if loss_rcl is not None:
         terms["loss_rcl"] = loss_rcl.item()
