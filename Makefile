@@ -36,8 +36,10 @@ $(RAY_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[cluster]"
 	touch $(RAY_STAMP)
 
+# Two workers (pytest-xdist), each taking whole test files, so a module's live server starts once: many tests
+# wait on servers and worker processes, which the other worker's tests fill.
 test: $(STAMP) $(BROWSER_STAMP) $(RAY_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Everything but the live-server, browser and multi-process tests (marked slow): an answer in a few minutes.
 test-fast: $(STAMP) $(RAY_STAMP)
