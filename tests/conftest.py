@@ -50,3 +50,10 @@ def wan(wan_config):
     from dreamrelation.models import load_model
 
     return load_model(wan_config)
+
+
+def pytest_collection_modifyitems(items):
+    """Files holding slow tests (live servers, several processes) run first, their tests in their own order: with
+    two workers (make test) the longest files then start at once, and the short ones fill in behind them."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
