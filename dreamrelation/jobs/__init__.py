@@ -2,7 +2,8 @@
 executor (this machine's GPUs, or a Ray cluster), and the status the app shows. No UI code here; see
 scheduler.py for the GPU policy."""
 
-from dreamrelation.jobs.executors import CPU_SLOT, Executor, ExecutorError, LocalExecutor, make_executor
+from dreamrelation.jobs.choice import make_executor
+from dreamrelation.jobs.executors import CPU_SLOT, Executor, ExecutorError, LocalExecutor
 from dreamrelation.jobs.scheduler import JobScheduler
 from dreamrelation.jobs.status import JobStatus, TrainedRelation, job_status, list_relations
 from dreamrelation.jobs.store import ACTIVE, FINISHED, RUNNING, STATES, Job, JobError, JobNotFound, JobStore

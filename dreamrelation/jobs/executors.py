@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psutil
 
-from dreamrelation.config import StudioConfig
 from dreamrelation.jobs.store import Job
 
 logger = logging.getLogger(__name__)
@@ -154,17 +153,6 @@ class LocalExecutor(Executor):
         if pid is not None and (worker is not None or runs_worker_of(pid, job.job_dir)):
             stop_group(pid, worker)
         self._workers.pop(job.id, None)
-
-
-def make_executor(settings: StudioConfig) -> Executor:
-    """The executor `settings` ask for: a Ray cluster's (`cluster`), else this machine's GPUs (`gpus`, default
-    every visible one; one CPU slot without any). Raises ExecutorError (one line) for a cluster out of reach."""
-    if settings.cluster:
-        from dreamrelation.jobs.ray_executor import RayExecutor  # Ray is an extra: only a cluster needs it
-
-        return RayExecutor(settings.cluster, settings.max_gpus_per_job)
-    named = [device.strip() for device in (settings.gpus or "").split(",") if device.strip()]
-    return LocalExecutor(list(dict.fromkeys(named)) or visible_gpus() or [CPU_SLOT])
 
 
 def torch_device(slot: str) -> str | None:

@@ -13,7 +13,8 @@ from dreamrelation.config import GenerateConfig, MaskCorrection, MasksConfig, Mo
 from dreamrelation.export import export_comfyui
 from dreamrelation.hub import fetch_relation, push_relation
 from dreamrelation.jobs import ACTIVE, FINISHED, Job, JobScheduler, JobStatus, job_status, list_relations
-from dreamrelation.jobs.executors import make_executor, torch_device
+from dreamrelation.jobs.choice import make_executor
+from dreamrelation.jobs.executors import torch_device
 from dreamrelation.jobs.status import TrainedRelation
 from dreamrelation.masks.pipeline import Progress
 from dreamrelation.masks.prompts import SubjectPrompt
