@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,14 @@ def write_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def wait_for(condition, what: str, timeout_s: float, poll_s: float = 0.05):
+    """Poll `condition` every `poll_s` seconds until it returns something true, which is returned; fail with
+    "timed out waiting for WHAT" after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -27,6 +27,7 @@ from dreamrelation.jobs import (
 from dreamrelation.train.checkpoint import latest_checkpoint
 from dreamrelation.train.progress import ProgressLog, read_progress
 
+import helpers
 from helpers import write_two_subject_dataset
 
 CLIP = dict(num_frames=13, height=32, width=32)
@@ -79,12 +80,7 @@ def schedulers(store):
 
 def wait_for(condition, what: str):
     """Poll `condition` until it returns something true, which is returned; fail after TIMEOUT_S."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return helpers.wait_for(condition, what, TIMEOUT_S)
 
 
 def wait_for_state(store, job, state):
@@ -392,6 +388,9 @@ def test_slots_place_jobs_on_free_gpus_and_the_head_of_the_queue_is_never_passed
         assert executor.place(store.load(small.id), running, scheduler._lent) is None
     with scheduler.lend_slot() as again:
         assert again == "0"
+    cpu = JobScheduler(store, LocalExecutor([CPU_SLOT]))
+    with cpu.lend_slot() as slot:  # the CPU slot is never lent: generation runs beside training there
+        assert slot is None and cpu.executor.place(store.load(small.id), [], cpu._lent) == [CPU_SLOT]
 
 
 def _reported(job) -> dict:

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from app_server import REPO, free_port, start_app, stop_app
+from helpers import wait_for
 from dreamrelation.config import DataConfig, RunConfig, StudioConfig, TrainConfig
 from dreamrelation.jobs import RUNNING, ExecutorError, JobStore, make_executor
 from dreamrelation.jobs.ray_executor import dashboard_url, entrypoint, submission_id
@@ -187,12 +188,7 @@ def holding_python(path: Path, hold: Path) -> Path:
 
 
 def wait_until(condition, what: str):
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(condition, what, TIMEOUT_S, poll_s=0.1)
 
 
 class LiveApp:

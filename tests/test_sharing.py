@@ -127,7 +127,10 @@ def test_an_owner_over_the_disk_limit_is_refused_until_they_delete(shared_app):
     assert refusal.startswith("your datasets and training runs use 21.") and refusal.endswith(
         "of the 20 GB one person may use here; delete a dataset or a relation you no longer need to free room")
     assert _refused(carol, log, "/load_example", "orbits").startswith("your datasets and training runs use 21.")
-    assert dave.predict("orbits", api_name="/load_example")[0]  # another owner is not held back
+    daves = dave.predict("orbits", api_name="/load_example")[0]  # another owner is not held back
+    assert "not found" in _refused(dave, log, "/delete_dataset", dataset)  # not his to delete
+    assert "not found" in _refused(carol, log, "/delete_dataset", "../" + daves)
+    assert big.exists() and any((home / "owners").glob(f"*/datasets/{daves}"))
     assert carol.predict(dataset, api_name="/delete_dataset") == "deleted"
     assert not big.exists()
     assert carol.predict("orbits", api_name="/load_example")[0]

@@ -120,12 +120,16 @@ class LocalExecutor(Executor):
         return [] if self.slots == [CPU_SLOT] else list(self.slots)
 
     def free_slots(self, running: list[Job], held: Iterable[str]) -> list[str]:
-        taken = {device for job in running for device in job.devices} | set(held)
-        return [slot for slot in self.slots if slot not in taken]
+        # The CPU slot is never lent: on a machine without GPUs generation runs beside training.
+        return [slot for slot in self._free(running, held) if slot != CPU_SLOT]
 
     def place(self, job: Job, running: list[Job], held: Iterable[str]) -> list[str] | None:
-        free = self.free_slots(running, held)
+        free = self._free(running, held)
         return free[: job.gpus] if len(free) >= job.gpus else None
+
+    def _free(self, running: list[Job], held: Iterable[str]) -> list[str]:
+        taken = {device for job in running for device in job.devices} | set(held)
+        return [slot for slot in self.slots if slot not in taken]
 
     def start(self, job: Job, devices: list[str]) -> int | None:
         environment = dict(os.environ)

@@ -70,7 +70,8 @@ class JobScheduler:
     @contextmanager
     def lend_slot(self) -> Iterator[str | None]:
         """Lend a GPU slot no job holds for the duration of the block (no job starts on it meanwhile); yields its
-        id, or None when every slot is taken (the caller refuses). An executor without local slots yields None."""
+        id, or None when every GPU slot is taken (the caller refuses) or the executor has none on this machine (a
+        CPU machine, a cluster: the caller runs beside training)."""
         with self._lock:
             free = self.executor.free_slots(self.store.in_states(RUNNING), self._lent)
             slot = free[0] if free else None
