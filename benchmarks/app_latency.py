@@ -3,12 +3,13 @@ training, and the scheduler's overhead per job start.
 
 Starts `python app.py` (tiny-random model, a temporary data directory, a login so that every client is the
 same user and sees the same jobs, and --jobs GPU slots named 0..N-1: on a machine without GPUs, fake ids, so
-that N local jobs train at once on the CPU), trains one short job, then has the clients (one process each) call
-`/job_status` (of the finished job) and `/list_relations` in turn, one call every --interval seconds each (as a
-page polls its job; 0 for back-to-back calls), for D seconds: once with the machine idle, once while --jobs long
-training jobs saturate the CPU. Prints p50/p95/max latency and the error count per endpoint and phase (goal:
-p95 < 250 ms while 2 jobs train), then per job start: the time from submission to the worker's start (the
-scheduler's poll included) and the time the executor took to start it (from the app's log).
+that N local jobs train at once on the CPU), trains one short job, then has the clients (Gradio's HTTP API
+from one asyncio process, a login each) call `/job_status` (of the finished job) and `/list_relations` in
+turn, one call every --interval seconds each (as a page polls its job; 0 for back-to-back calls), for D
+seconds: once with the machine idle, once while --jobs long training jobs saturate the CPU. Prints p50/p95/max
+latency and the error count per endpoint and phase (goal: p95 < 250 ms while 2 jobs train), then per job
+start: the time from submission to the worker's start (the scheduler's poll included) and the time the
+executor took to start it (from the app's log).
 
     PYTHONPATH=. python benchmarks/app_latency.py                  # 20 clients, 60 s per phase, 2 jobs
     PYTHONPATH=. python benchmarks/app_latency.py --clients 5 --seconds 10 --jobs 1
@@ -17,11 +18,10 @@ scheduler's poll included) and the time the executor took to start it (from the 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
+import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO / "tests"))  # the live-server launcher the app test
 from app_server import free_port, start_app, stop_app  # noqa: E402
 
 AUTH = ("bench", "bench-password")
-CONNECT_S = 30.0  # time the client processes get to start and connect before polling begins
 SETTINGS = dict(steps=4, learning_rate=1e-3, seed=0, sample_every=0, rank=4, lambda_mask=50.0,
                 lambda_contrastive=0.01, num_frames=None, height=None, width=None)
 
@@ -69,47 +68,58 @@ def wait_until_training(url: str, job_id: str) -> None:
 
 
 def poll(url: str, job_id: str, seconds: float, clients: int, interval: float = 0.0) -> dict[str, dict]:
-    """`clients` gradio_client clients, each in a process of its own (as real users are: a shared process's GIL
-    and gradio_client's 50 ms polling threads would measure the benchmark, not the app), alternate /job_status
-    and /list_relations for `seconds`, waiting `interval` seconds between calls (0: back to back, the heaviest load).
+    """`clients` clients, each logged in with its own session, alternate /job_status and /list_relations for
+    `seconds`, waiting `interval` seconds between calls (0: back to back, the heaviest load).
+
+    The clients speak Gradio's documented HTTP API (a POST to /gradio_api/call/NAME, then its event stream: the
+    queue and the function a page's call goes through) from one asyncio process, because the load generator
+    shares the server's cores: twenty gradio_client processes spend about 40 ms of CPU per call, several times
+    the server's, and measured their own load, not the app's.
 
     Returns {endpoint: {"latencies": [s, ...], "errors": [message, ...]}}.
     """
-    start = time.time() + CONNECT_S  # every client connects first, then all begin within one interval
-    command = [sys.executable, __file__, "--one-client", url, job_id, str(start), str(seconds), str(interval)]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    import asyncio
+
+    import httpx
+
     results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
-    for process in processes:
-        output, _ = process.communicate()
-        if process.returncode != 0:
-            results["(client process)"]["errors"].append(f"exit status {process.returncode}")
-            continue
-        for api_name, result in json.loads(output).items():
-            for kind in ("latencies", "errors"):
-                results[api_name][kind] += result[kind]
-    return dict(results)
 
-
-def one_client(url: str, job_id: str, start: float, seconds: float, interval: float) -> dict[str, dict]:
-    """One client's calls from epoch time `start` for `seconds`: {endpoint: {"latencies", "errors"}}.
-
-    It begins at a random point of its first `interval`: pages poll out of step with each other, not in bursts.
-    """
-    results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
-    c = client(url)
-    time.sleep(max(0.0, start + random.uniform(0.0, interval) - time.time()))
-    calls = (("/job_status", (job_id,)), ("/list_relations", ()))
-    turn = 0
-    while time.time() < start + seconds:
-        api_name, args = calls[turn % 2]
-        turn += 1
+    async def call(session: httpx.AsyncClient, page: str, api_name: str, args: tuple) -> None:
         started = time.perf_counter()
         try:
-            c.predict(*args, api_name=api_name)
+            posted = await session.post(f"/gradio_api/call/{api_name.lstrip('/')}",
+                                        json={"data": list(args), "session_hash": page})
+            posted.raise_for_status()
+            stream = (await session.get(f"/gradio_api/call/{api_name.lstrip('/')}/{posted.json()['event_id']}")).text
+            if "event: complete" not in stream:
+                raise RuntimeError(stream.strip()[-300:])
             results[api_name]["latencies"].append(time.perf_counter() - started)
         except Exception as error:  # every failure counts, whatever its kind
             results[api_name]["errors"].append(f"{type(error).__name__}: {error}")
-        time.sleep(interval)
+
+    async def one_client(session: httpx.AsyncClient, end: float) -> None:
+        # One Gradio session per client, as a page keeps one from its load on (without one, every call would be a
+        # new session, whose state Gradio builds from the whole app's config: 10 ms of the server's CPU).
+        page = secrets.token_hex(8)
+        # Pages poll out of step with each other, not in bursts: each begins at a random point of its first interval.
+        await asyncio.sleep(random.uniform(0.0, interval))
+        calls = (("/job_status", (job_id,)), ("/list_relations", ()))
+        turn = 0
+        while time.monotonic() < end:
+            await call(session, page, *calls[turn % 2])
+            turn += 1
+            await asyncio.sleep(interval)
+
+    async def run_all() -> None:
+        sessions = [httpx.AsyncClient(base_url=url, timeout=60.0) for _ in range(clients)]
+        for session in sessions:
+            (await session.post("/login", data=dict(zip(("username", "password"), AUTH)))).raise_for_status()
+        end = time.monotonic() + seconds
+        await asyncio.gather(*(one_client(session, end) for session in sessions))
+        for session in sessions:
+            await session.aclose()
+
+    asyncio.run(run_all())
     return dict(results)
 
 
@@ -125,12 +135,8 @@ def summary_rows(phase: str, results: dict[str, dict]) -> list[str]:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--one-client"]:  # a client process started by poll()
-        url, job_id, start, seconds, interval = argv[1:]
-        print(json.dumps(one_client(url, job_id, float(start), float(seconds), float(interval))))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=20, help="Concurrent gradio_client clients.")
+    parser.add_argument("--clients", type=int, default=20, help="Concurrent clients (each a page polling its job).")
     parser.add_argument("--seconds", type=float, default=60.0, help="Polling time per phase.")
     parser.add_argument("--interval", type=float, default=1.0, help="Seconds each client waits between calls "
                         "(a page polling its job); 0: back to back.")

@@ -142,6 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"Comma-separated subset of: {', '.join(ROWS)}.")
     parser.add_argument("--masks", choices=("gt", "basic", "both"), default="gt", help="Masks the rows train with.")
     parser.add_argument("--exemplars", type=int, help="Exemplar videos per relation (6; quick 3).")
+    parser.add_argument("--exemplar-pairs", type=int, default=1, help="Subject pairs the exemplar videos take turns "
+                        "over (toyworld.examples.EXEMPLAR_PAIRS: squares of red, blue, yellow and green; 1: one pair).")
     parser.add_argument("--steps", type=int, help="Training steps per run (400; quick 20).")
     parser.add_argument("--lr", type=float, default=TrainConfig().learning_rate, help="Training learning rate.")
     parser.add_argument("--method", type=json.loads, default={}, metavar="JSON",
@@ -264,17 +266,19 @@ def mask_quality(gt_dir: Path, basic_dir: Path, num_frames: int, size: int) -> d
 def prepare_data(args, relation: str) -> dict:
     """Write (or reuse) one relation's exemplar datasets for every mask source the run needs.
 
-    Returns {"dirs": {mask source: dataset folder}, "subjects": the exemplar Subjects, "captions": [...],
+    Returns {"dirs": {mask source: dataset folder}, "subjects": every exemplar Subject, "fit": (the first
+    exemplar's caption, its subject 1, its subject 2), "captions": [...],
     "mask_quality": mask_quality(...) or None}. A folder is built in a staging folder and renamed when
     complete, so a reused folder is always whole; its name holds every setting it depends on.
     """
     from dreamrelation.masks.pipeline import make_masks
 
-    key = f"{relation}-x{args.exemplars}-f{args.frames}-s{args.size}-seed{args.data_seed}-v{DATA_VERSION}"
+    key = (f"{relation}-x{args.exemplars}-p{args.exemplar_pairs}-f{args.frames}-s{args.size}-seed{args.data_seed}"
+           f"-v{DATA_VERSION}")
     root = args.work_dir / "data" / key
     gt_dir = root / "gt"
     if not gt_dir.is_dir():
-        write_examples(gt_dir, relation, args.exemplars, args.frames, args.size, args.data_seed)
+        write_examples(gt_dir, relation, args.exemplars, args.frames, args.size, args.data_seed, args.exemplar_pairs)
     dirs = {"gt": gt_dir}
     quality = None
     if "basic" in args.mask_sources:
@@ -292,10 +296,11 @@ def prepare_data(args, relation: str) -> dict:
                 shutil.rmtree(staging, ignore_errors=True)
         dirs["basic"] = basic_dir
         quality = mask_quality(gt_dir, basic_dir, args.frames, args.size)
-    scenes = exemplar_scenes(relation, args.exemplars, args.data_seed)
+    scenes = exemplar_scenes(relation, args.exemplars, args.data_seed, args.exemplar_pairs)
     return {
         "dirs": dirs,
-        "subjects": (scenes[0].subject1, scenes[0].subject2),
+        "subjects": tuple(dict.fromkeys(subject for scene in scenes for subject in (scene.subject1, scene.subject2))),
+        "fit": (caption(scenes[0]), scenes[0].subject1, scenes[0].subject2),
         "captions": sorted({caption(scene) for scene in scenes}),
         "mask_quality": quality,
     }
@@ -542,8 +547,7 @@ def run(args) -> dict:
         exemplar_subjects = data[relation]["subjects"]
         with relation_lora(loaded, None if row.method is None else {"transformer": lora}, args.lora_scale):
             found = generate_and_judge(args, loaded, relation, prompts[relation], seed, exemplar_subjects, video_dir)
-            own = data[relation]["captions"][0]
-            fit = [(own, *exemplar_subjects)] * args.fit_prompts
+            fit = [data[relation]["fit"]] * args.fit_prompts
             found += generate_and_judge(args, loaded, relation, fit, seed, exemplar_subjects, video_dir, kind="fit")
         timing["generate_s"] += time.perf_counter() - tick
         records.setdefault(key, []).extend(found)

@@ -1,7 +1,8 @@
 """The example relation datasets: exemplar scenes of one held-out relation each, written as ready datasets.
 
-Each dataset is a few exemplar videos of ONE relation, all with the same subject pair (EXEMPLAR_SUBJECTS: a
-red square acting on a blue square, medium size, plain background), in the layout of toyworld.dataset
+Each dataset is a few exemplar videos of ONE relation, by default all with the same subject pair
+(EXEMPLAR_SUBJECTS: a red square acting on a blue square, medium size, plain background; with `pairs` > 1 the
+clips take turns over that many pairs of EXEMPLAR_PAIRS), in the layout of toyworld.dataset
 (captions such as "A red square orbits a blue square.", exact masks, scenes.json). Every clip differs only in
 its scene seed (start position, direction, path). Deterministic in the seed: writing again gives the same
 decoded frames and masks (the mp4 bytes may differ between encoder builds).
@@ -31,22 +32,31 @@ DEFAULT_SEED = 0
 # One fixed pair for every exemplar video: the same shape for both, so two shapes (circle, triangle) and four
 # colours stay unseen for the prompts that test generalisation.
 EXEMPLAR_SUBJECTS = (Subject("square", "red", "medium"), Subject("square", "blue", "medium"))
+# Exemplar variety (the paper's exemplars show different actors): squares of four colours, in an order whose
+# first k pairs use the colours about evenly and give each colour both roles; cyan and magenta, circles and
+# triangles stay unseen. The first pair is EXEMPLAR_SUBJECTS.
+_VARIETY_COLOURS = (("red", "blue"), ("yellow", "green"), ("blue", "red"), ("green", "yellow"), ("red", "yellow"),
+                    ("blue", "green"), ("yellow", "red"), ("green", "blue"), ("red", "green"), ("blue", "yellow"),
+                    ("green", "red"), ("yellow", "blue"))
+EXEMPLAR_PAIRS = tuple((Subject("square", a, "medium"), Subject("square", b, "medium")) for a, b in _VARIETY_COLOURS)
 
 
-def exemplar_scenes(relation: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> list[Scene]:
-    """The exemplar scenes of one relation: `count` scenes of EXEMPLAR_SUBJECTS on a plain background.
+def exemplar_scenes(relation: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED, pairs: int = 1) -> list[Scene]:
+    """The exemplar scenes of one relation: `count` scenes on a plain background, scene i of subject pair
+    EXEMPLAR_PAIRS[i % pairs] (pairs 1: every scene of EXEMPLAR_SUBJECTS).
 
     Scene seeds are drawn from a generator seeded by (seed, the relation's index in RELATIONS), so each
     relation gets its own deterministic paths and a larger `count` extends a smaller one. Raises
-    ValueError for an unknown relation or a count under 1.
+    ValueError for an unknown relation, a count under 1 or `pairs` outside 1..len(EXEMPLAR_PAIRS).
     """
     if relation not in RELATIONS:
         raise ValueError(f"unknown relation {relation!r}; use one of {', '.join(RELATIONS)}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
+    if not 1 <= pairs <= len(EXEMPLAR_PAIRS):
+        raise ValueError(f"pairs must be between 1 and {len(EXEMPLAR_PAIRS)}, got {pairs}")
     rng = np.random.default_rng([seed, list(RELATIONS).index(relation)])
-    first, second = EXEMPLAR_SUBJECTS
-    return [Scene(first, second, relation, int(rng.integers(2**31)), "plain") for _ in range(count)]
+    return [Scene(*EXEMPLAR_PAIRS[i % pairs], relation, int(rng.integers(2**31)), "plain") for i in range(count)]
 
 
 def write_examples(
@@ -56,18 +66,19 @@ def write_examples(
     num_frames: int = DEFAULT_FRAMES,
     size: int = DEFAULT_SIZE,
     seed: int = DEFAULT_SEED,
+    pairs: int = 1,
 ) -> Path:
     """Write one relation's exemplar dataset into `root` (replaced whole if it exists); returns `root`.
 
     Takes the folder, the relation, the number of videos, their frame count (6k+1), their side in pixels
-    (a multiple of 16) and the scene seed. The folder is written beside `root` first and then moved into
+    (a multiple of 16), the scene seed and the number of subject pairs (exemplar_scenes). The folder is written beside `root` first and then moved into
     place, so an interrupted run never leaves a half-written dataset and no file of an older run survives.
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
     try:
-        write_relation_dataset(staging, exemplar_scenes(relation, count, seed), num_frames, size, size)
+        write_relation_dataset(staging, exemplar_scenes(relation, count, seed, pairs), num_frames, size, size)
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)
