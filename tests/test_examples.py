@@ -51,3 +51,17 @@ def test_shipped_examples_match_the_script(relation, tmp_path):
         shipped_clip = load_clip(sample.video, frames, size, size)[0].astype(np.int16)
         fresh_clip = load_clip(fresh / sample.video.name, frames, size, size)[0].astype(np.int16)
         assert np.abs(shipped_clip - fresh_clip).mean() < 1.0
+
+
+def test_exemplar_variety_takes_turns_over_square_pairs_and_leaves_cyan_magenta_circles_triangles_unseen():
+    scenes = examples.exemplar_scenes("orbits", count=5, pairs=3)
+    phrases = [(s.subject1.phrase, s.subject2.phrase) for s in scenes]
+    assert phrases == [("red square", "blue square"), ("yellow square", "green square"),
+                       ("blue square", "red square"), ("red square", "blue square"), ("yellow square", "green square")]
+    # A larger pair count changes the subjects, never the paths: the scene seeds are the one-pair ones.
+    assert [s.seed for s in scenes] == [s.seed for s in examples.exemplar_scenes("orbits", count=5)]
+    every = {subject for pair in examples.EXEMPLAR_PAIRS for subject in pair}
+    assert {s.colour for s in every} == {"red", "blue", "yellow", "green"} and {s.shape for s in every} == {"square"}
+    assert len(set(examples.EXEMPLAR_PAIRS)) == 12
+    with pytest.raises(ValueError, match="pairs must be between 1 and 12"):
+        examples.exemplar_scenes("orbits", pairs=13)
