@@ -15,6 +15,7 @@ Phases, each resumable from WORK_DIR (rerun the same command after an interrupti
                 without the clips of world.HELD_OUT_COLOUR_PAIRS (kept unseen for the quality bar); with
                 --train-text-encoder the T5 trains with it, encoding the captions at every step;
                 With --reuse-transformer FOLDER, phases 3 and 5 take FOLDER's T5 and transformer instead;
+                with --init-from FOLDER, phases 2 and 5 start from FOLDER's weights (its T5 kept, no phase 3);
   6. decoder    fine-tune the VAE's decoder alone (encoder frozen, so the latents, their statistics and the
                 transformer trained on them stay valid) to decode the clips' latents back to their frames, L1 on
                 random crops: sharper edges and cleaner colours than the MSE-trained decoder;
@@ -43,7 +44,7 @@ from dreamrelation.models.base import ClipShape, GenerationDefaults, write_clip_
 from dreamrelation.models.mochi import MochiSpecification
 from dreamrelation.models.tiny_random import build_tiny_pipeline
 from dreamrelation.toyworld.captions import caption, prompt_subjects
-from dreamrelation.toyworld.render import render_scene
+from dreamrelation.toyworld.render import BACKGROUND_GREY, render_scene
 from dreamrelation.toyworld.text_pretraining import PRETRAIN_STEPS, pretrain_text_encoder
 from dreamrelation.toyworld.world import TRAINED_RELATIONS, is_held_out_pair, sample_scenes
 from dreamrelation.train.noise_levels import shift_sigmas
@@ -87,6 +88,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="A saved pipeline folder whose T5 and transformer are taken instead of phases 3 and 5 "
                              "(they must have been trained on this VAE's latents), e.g. to fine-tune only the "
                              "decoder of a trained model. Default: none (train them).")
+    parser.add_argument("--init-from", type=_folder_or_none, default=None, metavar="FOLDER|none",
+                        help="Start from a saved pipeline's weights instead of random ones: phase 2 fine-tunes its VAE "
+                             "(with --reuse-vae none; new latent statistics) and phase 5 continues from its transformer, "
+                             "its T5 kept (no phase 3). For new latents of the same world, e.g. a VAE that keeps apart "
+                             "colours the old one mixed. Default: none.")
+    parser.add_argument("--vae-subject-weight", type=float, default=1.0,
+                        help="Weight of the subjects' pixels (those far from the clip's background grey) in the VAE's "
+                             "reconstruction loss, against 1 for the background's.")
     parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
     parser.add_argument("--decoder-steps", type=int, default=DECODER_STEPS,
                         help="Phase 6: steps of decoder-only fine-tuning (0: keep the decoder as it is).")
@@ -119,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.text_pretrain_steps = min(args.text_pretrain_steps, 3)
         if args.reuse_vae == SHIPPED_MODEL:  # its latent statistics are the shipped clips', not 32 px ones
             args.reuse_vae = None
+    if args.init_from and (args.reuse_vae or args.reuse_transformer):
+        parser.error("--init-from trains from a model's weights: give it with --reuse-vae none and no --reuse-transformer")
     return args
 
 
@@ -192,18 +203,29 @@ def train_vae(vae, clips: np.ndarray, args, log: ProgressLog) -> None:
         video = to_video_tensor(window, args.device)
         posterior = vae.encode(video).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=None)).sample
-        return ((reconstruction - video) ** 2).mean() + 1e-6 * posterior.kl().mean()
+        # Subjects are about a tenth of the pixels but carry every colour the judges read: under a plain MSE the
+        # shipped VAE encoded cyan nearly as blue (docs/toy-model.md).
+        weight = 1 + (args.vae_subject_weight - 1) * subject_pixels(video)
+        mse = (weight * (reconstruction - video) ** 2).sum() / (weight.sum() * video.shape[1])
+        return mse + 1e-6 * posterior.kl().mean()
 
     resumable_loop("vae", vae, optimizer, args.vae_steps, args, step, log)
     vae.eval()
+
+
+def subject_pixels(video: torch.Tensor) -> torch.Tensor:
+    """float (B, 1, F, H, W): 1 where a pixel of `video` (float (B, 3, F, H, W) in [-1, 1]) is far from the
+    background (the render's grey, its texture included: 40 levels or more in a channel), else 0."""
+    grey = BACKGROUND_GREY / 127.5 - 1.0
+    return ((video - grey).abs().amax(dim=1, keepdim=True) > 40 / 127.5).float()
 
 
 # VAE config entries that are statistics of its latents, not its architecture.
 VAE_STATISTICS = ("latents_mean", "latents_std", "scaling_factor")
 
 
-def reuse_vae(vae, folder: Path) -> None:
-    """Phase 2 with --reuse-vae: load FOLDER/vae's weights and latent statistics into `vae`, which must match it."""
+def load_vae(vae, folder: Path) -> None:
+    """Load FOLDER/vae's weights and latent statistics into `vae`, which must have its architecture."""
     from diffusers import AutoencoderKLMochi
 
     source = AutoencoderKLMochi.from_pretrained(folder, subfolder="vae")
@@ -213,15 +235,20 @@ def reuse_vae(vae, folder: Path) -> None:
                 if not k.startswith("_") and k not in VAE_STATISTICS}
 
     if architecture(source.config) != architecture(vae.config):
-        raise ValueError(f"--reuse-vae {folder}: its VAE's architecture differs from --model-size's")
+        raise ValueError(f"{folder}: its VAE's architecture differs from --model-size's")
     vae.load_state_dict(source.state_dict())
     vae.register_to_config(**{k: source.config[k] for k in VAE_STATISTICS})
+
+
+def reuse_vae(vae, folder: Path) -> None:
+    """Phase 2 with --reuse-vae: FOLDER's VAE as it is, in eval mode."""
+    load_vae(vae, folder)
     vae.eval()
     print(f"reused the VAE of {folder} (no VAE training)")
 
 
-def reuse_transformer(pipe, folder: Path) -> None:
-    """Phases 3 and 5 with --reuse-transformer: load FOLDER's T5 and transformer weights into `pipe`, in eval mode."""
+def load_text_and_transformer(pipe, folder: Path) -> None:
+    """Load FOLDER's T5 and transformer weights into `pipe`, both in eval mode."""
     from diffusers import MochiTransformer3DModel
     from transformers import T5EncoderModel
 
@@ -229,6 +256,11 @@ def reuse_transformer(pipe, folder: Path) -> None:
     pipe.text_encoder.load_state_dict(T5EncoderModel.from_pretrained(folder, subfolder="text_encoder").state_dict())
     pipe.transformer.eval()
     pipe.text_encoder.eval()
+
+
+def reuse_transformer(pipe, folder: Path) -> None:
+    """Phases 3 and 5 with --reuse-transformer: FOLDER's T5 and transformer as they are."""
+    load_text_and_transformer(pipe, folder)
     print(f"reused the T5 and transformer of {folder} (no text pretraining, no transformer training)")
 
 
@@ -363,13 +395,16 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed, size=args.model_size).to(args.device)
     clips, captions = render_clips(args)
+    if args.init_from:
+        load_vae(pipe.vae, args.init_from)
+        load_text_and_transformer(pipe, args.init_from)
     if args.reuse_vae:
         reuse_vae(pipe.vae, args.reuse_vae)
     else:
         train_vae(pipe.vae, clips, args, log)
     if args.reuse_transformer:
         reuse_transformer(pipe, args.reuse_transformer)
-    elif args.text_pretrain_steps:
+    elif args.text_pretrain_steps and not args.init_from:
         pretrain_text(pipe, args, log)
     pipe.text_encoder.requires_grad_(args.train_text_encoder and not args.reuse_transformer)
     data = encode_latents(pipe, clips, captions, args)

@@ -97,3 +97,34 @@ def test_reuse_transformer_fine_tunes_only_the_decoder(tmp_path):
     reused, saved = (AutoencoderKLMochi.from_pretrained(folder, subfolder="vae").state_dict() for folder in (first, out))
     assert all(torch.equal(saved[k], v) for k, v in reused.items() if k.startswith("encoder."))
     assert not all(torch.equal(saved[k], v) for k, v in reused.items() if k.startswith("decoder."))
+
+
+def test_init_from_continues_from_a_saved_model_and_keeps_its_t5(tmp_path):
+    from diffusers import AutoencoderKLMochi
+    from transformers import T5EncoderModel
+
+    script = load_script("scripts/train_toy_base.py")
+    first, second = tmp_path / "first", tmp_path / "second"
+    script.main(["--quick", "--output", str(first), "--work-dir", str(tmp_path / "w1"), "--seed", "1"])
+    # Seed 0 builds other random weights: only the loaded ones can leave the T5 equal to the first model's.
+    script.main(["--quick", "--output", str(second), "--work-dir", str(tmp_path / "w2"), "--init-from", str(first)])
+    phases = [json.loads(line)["phase"] for line in (tmp_path / "w2" / "loss.jsonl").read_text().splitlines()]
+    assert "text" not in phases and phases.count("vae") == 2 and phases.count("transformer") == 3
+    kept = T5EncoderModel.from_pretrained(first / "text_encoder").state_dict()
+    assert all(torch.equal(v, T5EncoderModel.from_pretrained(second / "text_encoder").state_dict()[k])
+               for k, v in kept.items())
+    # Two VAE steps at the script's learning rate move the weights a little from the first model's, not to new ones.
+    old, new = (AutoencoderKLMochi.from_pretrained(path, subfolder="vae").state_dict() for path in (first, second))
+    fresh = script.build_tiny_pipeline(seed=0, size="tiny").vae.state_dict()
+    near = sum((new[k] - old[k]).abs().sum() for k in old)
+    assert near < 0.1 * sum((fresh[k] - old[k]).abs().sum() for k in old)
+
+
+def test_subject_pixels_are_those_far_from_the_background_grey():
+    script = load_script("scripts/train_toy_base.py")
+    frame = torch.full((3, 1, 4, 4), 128 / 127.5 - 1)
+    frame[:, 0, 1, 2] = torch.tensor([220, 30, 30]) / 127.5 - 1  # a red pixel
+    frame[:, 0, 3, 0] = (128 + 20) / 127.5 - 1  # texture: 20 levels off the grey
+    expected = torch.zeros(1, 1, 1, 4, 4)
+    expected[0, 0, 0, 1, 2] = 1
+    assert torch.equal(script.subject_pixels(frame[None]), expected)
