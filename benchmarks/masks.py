@@ -168,6 +168,7 @@ def stride_iou(strides: list[int], num_frames: int = 61, size: int = 128) -> lis
     """How much frame-stride interpolation alone costs: Shapes World ground-truth masks (every relation, both
     backgrounds), kept on SAM2's keyframes only and filled by the segmenter's interpolation, against the truth.
     Returns (stride, mean IoU, min IoU) over subjects and clips."""
+    from dreamrelation.masks.quality import mask_iou
     from dreamrelation.masks.sam2 import _fill_frames, _keyframes
     from dreamrelation.toyworld.render import render_scene
     from dreamrelation.toyworld.world import sample_scenes
@@ -181,9 +182,7 @@ def stride_iou(strides: list[int], num_frames: int = 61, size: int = 128) -> lis
             keys = _keyframes(num_frames, stride, {0})
             logits = {i: torch.from_numpy(truth[:, k, None].astype(np.float32) * 20 - 10) for i, k in enumerate(keys)}
             filled = _fill_frames(logits, keys, num_frames, size, size)
-            for subject in range(2):
-                inter = (filled[subject] & truth[subject]).sum()
-                ious.append(inter / max((filled[subject] | truth[subject]).sum(), 1))
+            ious += [mask_iou(filled[subject], truth[subject]) for subject in range(2)]
         rows.append((stride, float(np.mean(ious)), float(np.min(ious))))
     return rows
 

@@ -82,9 +82,10 @@ from dreamrelation.toyworld.examples import (
     DEFAULT_SEED,
     DEFAULT_SIZE,
     exemplar_scenes,
+    unseen_prompts,
     write_examples,
 )
-from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, RELATIONS, SHAPES, Scene, Subject, sample_scenes
+from dreamrelation.toyworld.world import HELD_OUT_RELATIONS, RELATIONS, Subject, sample_scenes
 
 DATA_VERSION = 1  # bump when the exemplar data would change for the same settings
 
@@ -201,33 +202,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def unseen_prompts(
-    relation: str, exemplar_subjects: Sequence[Subject], count: int, seed: int
-) -> list[tuple[str, Subject, Subject]]:
-    """Prompts of `relation` naming subjects whose colours and shapes all differ from the exemplars'.
-
-    Draws `count` (colour, shape) pairs without repeats (cycling when there are fewer) from the colours and
-    shapes the exemplar subjects do not use, deterministic in (seed, relation). Returns [(prompt, subject 1,
-    subject 2)], e.g. ('A yellow circle orbits a cyan triangle.', ...). Raises ValueError when the exemplars
-    leave fewer than two colours or no shape unused.
-    """
-    colours = [c for c in COLOURS if c not in {s.colour for s in exemplar_subjects}]
-    shapes = [s for s in SHAPES if s not in {s.shape for s in exemplar_subjects}]
-    if len(colours) < 2 or not shapes:
-        raise ValueError("the exemplars use too many colours or shapes to leave an unseen pair")
-    pairs = [
-        (Subject(shape1, colour1), Subject(shape2, colour2))
-        for colour1 in colours
-        for colour2 in colours
-        if colour1 != colour2
-        for shape1 in shapes
-        for shape2 in shapes
-    ]
-    order = np.random.default_rng([seed, list(RELATIONS).index(relation), 1]).permutation(len(pairs))
-    chosen = [pairs[order[i % len(pairs)]] for i in range(count)]
-    return [(caption(Scene(first, second, relation, 0)), first, second) for first, second in chosen]
-
-
 def _copy_videos_and_captions(source: Path, target: Path) -> None:
     """Copy a dataset folder's videos, captions and scenes.json (not its masks) into `target`."""
     target.mkdir(parents=True)
@@ -244,10 +218,7 @@ def mask_quality(gt_dir: Path, basic_dir: Path, num_frames: int, size: int) -> d
     the caption's subject 1, "videos": count}.
     """
     from dreamrelation.data.dataset import load_subject_masks, scan_dataset
-
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        union = np.logical_or(a, b).sum()
-        return float(np.logical_and(a, b).sum() / union) if union else 1.0
+    from dreamrelation.masks.quality import mask_iou as iou
 
     kept, best, ordered = [], [], 0
     for sample in scan_dataset(basic_dir):

@@ -12,7 +12,7 @@ from dreamrelation.data.video import load_clip
 from dreamrelation.toyworld.captions import parse_caption
 from dreamrelation.toyworld import examples
 from dreamrelation.toyworld.dataset import read_scenes
-from dreamrelation.toyworld.world import HELD_OUT_RELATIONS
+from dreamrelation.toyworld.world import HELD_OUT_RELATIONS, Subject
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
@@ -65,3 +65,16 @@ def test_exemplar_variety_takes_turns_over_square_pairs_and_leaves_cyan_magenta_
     assert len(set(examples.EXEMPLAR_PAIRS)) == 12
     with pytest.raises(ValueError, match="pairs must be between 1 and 12"):
         examples.exemplar_scenes("orbits", pairs=13)
+
+
+def test_unseen_prompts_name_only_colours_and_shapes_no_exemplar_shows():
+    subjects = {subject for pair in examples.EXEMPLAR_PAIRS[:4] for subject in pair}
+    prompts = examples.unseen_prompts("orbits", tuple(subjects), count=10, seed=0)
+    # Squares of red, blue, yellow and green leave cyan and magenta circles and triangles: 2 x 2 x 2 = 8 prompts.
+    assert len({prompt for prompt, _, _ in prompts}) == 8
+    for prompt, first, second in prompts:
+        assert {first.colour, second.colour} == {"cyan", "magenta"} and {first.shape, second.shape} <= {"circle", "triangle"}
+        assert prompt == f"A {first.colour} {first.shape} orbits a {second.colour} {second.shape}."
+    assert examples.unseen_prompts("orbits", tuple(subjects), 10, 0) == prompts
+    with pytest.raises(ValueError, match="too many colours or shapes"):
+        examples.unseen_prompts("orbits", (Subject("circle", "red"), Subject("triangle", "blue"), Subject("square", "green")), 1, 0)

@@ -16,7 +16,7 @@ from dreamrelation.data.dataset import DatasetError, check_captions, load_subjec
 from dreamrelation.data.video import probe_video, read_frames, write_video
 from dreamrelation.masks.pipeline import make_masks, overlay_frames
 from dreamrelation.masks.prompts import Detection, SubjectPrompt
-from dreamrelation.masks.quality import quality_flags
+from dreamrelation.masks.quality import mask_iou, quality_flags
 
 CAPTION = "A red circle is bumping into a blue square."
 
@@ -291,3 +291,11 @@ def test_quality_flags_large_mask_and_empty_subject():
         "(background taken in?)",
         "subject 2 was not found in any frame: fewer than two subjects; check the video",
     ]
+
+
+def test_mask_iou_is_the_shared_area_over_the_joint_area():
+    a, b = np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4), bool)
+    a[:, :2, :2] = True  # 8 pixels over both frames
+    b[:, 1:3, :2] = True  # 8 pixels, 4 of them shared with a
+    assert mask_iou(a, b) == 4 / 12
+    assert mask_iou(a, np.zeros_like(a)) == 0.0 and mask_iou(np.zeros_like(a), np.zeros_like(a)) == 1.0

@@ -13,6 +13,14 @@ MAX_OVERLAP_SHARE = 0.30
 MAX_COVERAGE_SHARE = 0.60
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two masks of one subject (bool or 0/1 arrays of one shape, any number of
+    frames); 1.0 when both are empty."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
 def _frames_text(frames: np.ndarray, total: int) -> str:
     """'4 of 25 frames (16%)' for a bool (F,) selection."""
     count = int(frames.sum())

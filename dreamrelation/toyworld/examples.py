@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dreamrelation.toyworld.dataset import write_relation_dataset
-from dreamrelation.toyworld.world import RELATIONS, Scene, Subject
+from dreamrelation.toyworld.captions import caption
+from dreamrelation.toyworld.world import COLOURS, RELATIONS, SHAPES, Scene, Subject
 
 # The toy model's clip shape (scripts/train_toy_base.py --frames/--size).
 DEFAULT_FRAMES = 25
@@ -85,3 +87,30 @@ def write_examples(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def unseen_prompts(
+    relation: str, exemplar_subjects: Sequence[Subject], count: int, seed: int
+) -> list[tuple[str, Subject, Subject]]:
+    """Prompts of `relation` naming subjects whose colours and shapes all differ from the exemplars'.
+
+    Draws `count` (colour, shape) pairs without repeats (cycling when there are fewer) from the colours and
+    shapes the exemplar subjects do not use, deterministic in (seed, relation). Returns [(prompt, subject 1,
+    subject 2)], e.g. ('A yellow circle orbits a cyan triangle.', ...). Raises ValueError when the exemplars
+    leave fewer than two colours or no shape unused.
+    """
+    colours = [c for c in COLOURS if c not in {s.colour for s in exemplar_subjects}]
+    shapes = [s for s in SHAPES if s not in {s.shape for s in exemplar_subjects}]
+    if len(colours) < 2 or not shapes:
+        raise ValueError("the exemplars use too many colours or shapes to leave an unseen pair")
+    pairs = [
+        (Subject(shape1, colour1), Subject(shape2, colour2))
+        for colour1 in colours
+        for colour2 in colours
+        if colour1 != colour2
+        for shape1 in shapes
+        for shape2 in shapes
+    ]
+    order = np.random.default_rng([seed, list(RELATIONS).index(relation), 1]).permutation(len(pairs))
+    chosen = [pairs[order[i % len(pairs)]] for i in range(count)]
+    return [(caption(Scene(first, second, relation, 0)), first, second) for first, second in chosen]
