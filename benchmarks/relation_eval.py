@@ -3,7 +3,8 @@ method matters? The Shapes World version of the paper's Table 1 and ablations (d
 
 For each relation (default: the held-out ones, "orbits" and "jumps_over", which the toy base model never saw):
 1. data: write its exemplar videos, all of ONE subject pair (a red square acting on a blue square:
-   dreamrelation.toyworld.examples, the same videos as assets/examples/ at the default settings), with the
+   dreamrelation.toyworld.examples, the same videos as assets/examples/ at the default settings; with
+   --exemplar-pairs K they take turns over K pairs of red, blue, yellow and green squares), with the
    generator's exact masks ('gt') and/or masks made by the basic segmenter ('basic', issue #3) from the videos
    alone; prepared once per setting under WORK_DIR/data and reused (the trainer caches their latents);
 2. train each row's relation LoRA on them (a fresh base model per run, so no row sees another's adapters);
