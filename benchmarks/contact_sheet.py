@@ -5,13 +5,11 @@ the clip, the judges' pixel classes of the middle frame (each vocabulary colour 
 "no colour" black) and both prompted subjects' tracks over the last frame (subject 1 a white line, subject 2 a
 black one), under a line with the row, the prompt and the judges' reading (relation, colours, shapes, leak).
 Then prints, per row, how often each vocabulary colour shows on a quarter of the frames (the leak rule), so a
-leak or a lost track can be told apart from the judge's own misreading (e.g. blurred cyan read as blue), and with
---vae-colours what the model's VAE returns for each rendered colour and how the judge labels it: the colours a
-generated video can show at best.
+leak or a lost track can be told apart from the judge's own misreading (e.g. blurred cyan read as blue);
+benchmarks/vae_colours.py gives what the model's VAE returns for each colour, the best a video can show.
 
     PYTHONPATH=. python benchmarks/relation_eval.py --save-videos --work-dir W --json W/eval.json ...
-    PYTHONPATH=. python benchmarks/contact_sheet.py --work-dir W --json W/eval.json --out docs/contact-sheet.png \
-        --vae-colours toy
+    PYTHONPATH=. python benchmarks/contact_sheet.py --work-dir W --json W/eval.json --out docs/contact-sheet.png
 """
 
 from __future__ import annotations
@@ -88,56 +86,25 @@ def colour_census(frames: np.ndarray) -> set[str]:
     return {name for name in COLOUR_NAMES if colour_blobs(labels, name).any(axis=(1, 2)).mean() >= _LEAK_SHARE}
 
 
-def vae_colour_rows(model: str, scenes: int = 24) -> list[str]:
-    """Table rows: per vocabulary colour, its rendered RGB, the mean RGB of its subjects after the model's VAE
-    round trip (rendered scenes of every relation, encoded and decoded) and the judge's labels inside its masks."""
-    import torch
-
-    from dreamrelation.config import ModelConfig
-    from dreamrelation.models import load_model
-    from dreamrelation.toyworld.render import render_scene
-    from dreamrelation.toyworld.world import sample_scenes
-
-    loaded = load_model(ModelConfig(name=model, device="cpu"))
-    colours, labels = {name: [] for name in COLOURS}, {name: [] for name in COLOURS}
-    for scene in sample_scenes(scenes, seed=5):
-        frames, masks = render_scene(scene, 25, 96, 96)
-        with torch.no_grad():
-            decoded = loaded.pipe.vae.decode(loaded.spec.encode_clip(loaded.pipe, frames)[0][None]).sample
-        decoded = ((decoded[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()[: len(frames)]
-        classes = classify_pixels(decoded)
-        for subject, mask in zip((scene.subject1, scene.subject2), masks):
-            colours[subject.colour].append(decoded[mask].astype(float).mean(axis=0))
-            labels[subject.colour].append(np.bincount(classes[mask] + 1, minlength=len(COLOUR_NAMES) + 1) / mask.sum())
-    rows = []
-    for name in COLOURS:
-        mean = tuple(int(v) for v in np.mean(colours[name], axis=0).round())
-        shares = ", ".join(f"{label} {share:.2f}" for label, share in zip(("none", *COLOUR_NAMES),
-                                                                         np.mean(labels[name], axis=0)) if share >= 0.01)
-        rows.append(f"| {name} | {COLOURS[name]} | {mean} | {shares} |")
-    return rows
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True, help="relation_eval's WORK_DIR (run with --save-videos).")
     parser.add_argument("--json", type=Path, required=True, help="relation_eval's JSON results.")
     parser.add_argument("--out", type=Path, default=Path("docs/contact-sheet.png"), help="The PNG to write.")
     parser.add_argument("--per-group", type=int, default=3, help="Videos per (row, relation, kind) on the sheet.")
-    parser.add_argument("--vae-colours", metavar="MODEL", help="Also print the VAE round-trip colour table of MODEL.")
     args = parser.parse_args(argv)
     results = json.loads(args.json.read_text())
     strips, census = [], {}
     for row in results["rows"]:
         for relation, exemplar in results["exemplars"].items():
-            exemplars = list(subjects_of(f"A {exemplar['subjects'][0]} is with a {exemplar['subjects'][1]}."))
+            exemplars = [Subject(*reversed(phrase.split())) for phrase in exemplar["subjects"]]
             for kind in ("unseen", "fit"):
                 videos = sorted((args.work_dir / "videos" / row["masks"] / relation / row["row"]).glob(f"seed*/{kind}-*.mp4"))
                 for number, path in enumerate(videos):
                     info = probe_video(path)
                     frames = read_frames(path, list(range(info.num_frames)))
                     index = int(path.stem.split("-")[1])
-                    prompt = exemplar["prompts"][index] if kind == "unseen" else exemplar["captions"][0]
+                    prompt = exemplar["prompts"][index] if kind == "unseen" else exemplar["fit_caption"]
                     first, second = subjects_of(prompt)
                     census.setdefault((row["row"], kind), Counter()).update(colour_census(frames))
                     census[(row["row"], kind)]["(videos)"] += 1
@@ -160,9 +127,6 @@ def main(argv=None) -> None:
         shares = " | ".join(f"{counts[name] / counts['(videos)']:.2f}" for name in COLOUR_NAMES)
         print(f"| {row} | {kind} | {counts['(videos)']} | {shares} |")
     print("\n(share of videos in which each vocabulary colour shows on at least a quarter of the frames)")
-    if args.vae_colours:
-        print("\n| colour | rendered RGB | after the VAE (mean RGB) | judge's labels inside its masks |\n|---|---|---|---|")
-        print("\n".join(vae_colour_rows(args.vae_colours)))
 
 
 if __name__ == "__main__":

@@ -552,6 +552,7 @@ def run(args) -> dict:
             relation: {
                 "subjects": [s.phrase for s in data[relation]["subjects"]],
                 "captions": data[relation]["captions"],
+                "fit_caption": data[relation]["fit"][0],
                 "prompts": [p for p, _, _ in prompts[relation]],
                 "basic_mask_quality": data[relation]["mask_quality"],
             }
