@@ -85,12 +85,12 @@ def poll(url: str, job_id: str, seconds: float, clients: int, interval: float = 
     results: dict[str, dict] = defaultdict(lambda: {"latencies": [], "errors": []})
 
     async def call(session: httpx.AsyncClient, page: str, api_name: str, args: tuple) -> None:
+        route = f"/gradio_api/call{api_name}"
         started = time.perf_counter()
         try:
-            posted = await session.post(f"/gradio_api/call/{api_name.lstrip('/')}",
-                                        json={"data": list(args), "session_hash": page})
+            posted = await session.post(route, json={"data": list(args), "session_hash": page})
             posted.raise_for_status()
-            stream = (await session.get(f"/gradio_api/call/{api_name.lstrip('/')}/{posted.json()['event_id']}")).text
+            stream = (await session.get(f"{route}/{posted.json()['event_id']}")).text
             if "event: complete" not in stream:
                 raise RuntimeError(stream.strip()[-300:])
             results[api_name]["latencies"].append(time.perf_counter() - started)

@@ -128,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.text_pretrain_steps = min(args.text_pretrain_steps, 3)
         if args.reuse_vae == SHIPPED_MODEL:  # its latent statistics are the shipped clips', not 32 px ones
             args.reuse_vae = None
+    if args.init_from and not (args.init_from / "model_index.json").is_file():
+        parser.error(f"--init-from {args.init_from}: no saved pipeline there (it holds no model_index.json)")
     if args.init_from and (args.reuse_vae or args.reuse_transformer):
         parser.error("--init-from trains from a model's weights: give it with --reuse-vae none and no --reuse-transformer")
     return args
