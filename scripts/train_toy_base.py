@@ -416,9 +416,10 @@ def main(argv=None) -> None:
     if args.decoder_steps:
         finetune_decoder(pipe, clips, data, args, log)
     pipe.to("cpu").save_pretrained(args.output)
-    # Served at 30 steps, CFG 6: what docs/toy-model.md measures it with, seconds a video on a CPU.
+    # Served at 30 steps (seconds a video on a CPU) and CFG 3: higher guidance over-saturates the prompted colours
+    # into their neighbours (a cyan subject drawn partly blue; docs/toy-model.md, "Guidance").
     write_clip_defaults(args.output, ClipShape(num_frames=args.frames, height=args.size, width=args.size, fps=TOY_FPS),
-                        GenerationDefaults(steps=30, guidance_scale=6.0))
+                        GenerationDefaults(steps=30, guidance_scale=3.0))
     print(f"saved the toy MochiPipeline to {args.output}")
 
 

@@ -127,7 +127,7 @@ def test_a_pipeline_folder_may_declare_its_generation_defaults(tmp_path):
     assert read_generation_defaults(tmp_path, family) == family  # clip defaults only
     write_clip_defaults(tmp_path, ClipShape(7, 32, 32, 24), GenerationDefaults(steps=12, guidance_scale=2.5))
     assert read_generation_defaults(tmp_path, family) == GenerationDefaults(steps=12, guidance_scale=2.5)
-    assert resolve_model(ModelConfig(name="toy")).generation == GenerationDefaults(steps=30, guidance_scale=6.0)
+    assert resolve_model(ModelConfig(name="toy")).generation == GenerationDefaults(steps=30, guidance_scale=3.0)
 
 
 def test_a_request_leaves_steps_and_guidance_to_the_model_unless_it_sets_them():
@@ -147,7 +147,7 @@ def toy():
 def test_cli_generate_samples_at_the_toy_models_declared_defaults(toy, tmp_path, monkeypatch):
     monkeypatch.setattr("dreamrelation.generate.load_model", lambda model: toy)
     assert cli.main(["generate", "--prompt", PROMPT, "--output", str(tmp_path / "x.mp4"), "--frames", "7"]) == 0
-    assert (len(toy.pipe.scheduler.timesteps), toy.pipe.guidance_scale) == (30, 6.0)
+    assert (len(toy.pipe.scheduler.timesteps), toy.pipe.guidance_scale) == (30, 3.0)
 
 
 def test_the_apps_generation_tab_and_gallery_use_the_models_defaults(toy, tmp_path):
@@ -157,8 +157,8 @@ def test_the_apps_generation_tab_and_gallery_use_the_models_defaults(toy, tmp_pa
     studio = Studio(tmp_path / "home", ModelConfig(name="toy", device="cpu"), start_scheduler=False)
     fields = {block.elem_id: block.value for block in build_demo(studio).blocks.values()
               if getattr(block, "elem_id", None) in ("gen-steps", "gen-cfg")}
-    assert fields == {"gen-steps": 30, "gen-cfg": 6.0}
+    assert fields == {"gen-steps": 30, "gen-cfg": 3.0}
     studio.generator._loaded = toy  # the module's copy: loaded once
     record = studio.generator.generate(None, GenerateConfig(prompt=PROMPT, num_frames=7), tmp_path / "gen", {})
-    assert (record.settings["steps"], record.settings["guidance_scale"]) == (30, 6.0)
+    assert (record.settings["steps"], record.settings["guidance_scale"]) == (30, 3.0)
     assert len(toy.pipe.scheduler.timesteps) == 30

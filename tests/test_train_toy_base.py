@@ -24,7 +24,7 @@ def test_quick_run_saves_a_loadable_pipeline_and_resumes(tmp_path, cache_dir):
     vae_config = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae_config["latents_mean"]) == 12 and len(vae_config["latents_std"]) == 12
     declared = json.loads((out / "dreamrelation.json").read_text())
-    assert declared["generation_defaults"] == {"steps": 30, "guidance_scale": 6.0}  # what the app serves it at
+    assert declared["generation_defaults"] == {"steps": 30, "guidance_scale": 3.0}  # what the app serves it at
     # A second run resumes every phase from the work folder: no step is trained again.
     script.main(argv)
     assert len((work / "loss.jsonl").read_text().splitlines()) == len(phases)
