@@ -232,6 +232,11 @@ class MethodConfig(_Settings):
         description="Share of steps in relation mode, the rest split between the subject modes; None: every mode "
         "equally often (the paper's: a third each).",
     )
+    subject_modes_train_ffn: bool = Field(
+        True,
+        description="Train the ffn adapter in the subject modes too (the paper's); off (ours): the subject modes train "
+        "the subject adapters alone, so no adapter generation keeps learns from a subject-masked step.",
+    )
     mask_loss: bool = Field(True, description="Weight the loss with the subject/relation masks (hybrid masks).")
     lambda_mask: float = Field(50.0, ge=0, description="λ_m: weight of the masked term, loss·(1 + λ_m·m²).")
     contrastive: bool = Field(True, description="Add the space-time relational contrastive loss.")

@@ -114,5 +114,8 @@ def test_modes_follow_the_method_switches():
     assert training_modes(MethodConfig(mask_loss=False))[0].loss_mask is None
     only = training_modes(MethodConfig(subject_adapters=False))
     assert [(m.name, m.adapters) for m in only] == [("relation", ("relation", "ffn"))]
+    assert training_modes(MethodConfig())[2].adapters == ("subject2", "ffn")
+    apart = training_modes(MethodConfig(subject_modes_train_ffn=False))
+    assert [m.adapters for m in apart] == [("relation", "subject1", "subject2", "ffn"), ("subject1",), ("subject2",)]
     direct = training_modes(MethodConfig(mode="direct-lora"))
     assert [(m.adapters, m.loss_mask) for m in direct] == [(("direct",), None)]

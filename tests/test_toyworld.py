@@ -160,6 +160,24 @@ def test_appearance_judge_flags_missing_colours_wrong_shapes_and_leaks(tmp_path)
     assert verdict["colour_ok"] and not verdict["shape_ok"] and verdict["leaked"] == ["red triangle"]
 
 
+def test_an_exemplar_colour_leaks_as_a_subject_sized_blob_not_as_a_fringe():
+    scene = Scene(Subject("circle", "cyan"), Subject("triangle", "magenta"), "approaches", 0)
+    frames, _ = render_scene(scene, FRAMES, 96, 96)
+    prompt, exemplars = [scene.subject1, scene.subject2], [Subject("square", "blue")]
+    # The smallest subject, a small triangle, covers 0.18**2 / 2 of 96**2 pixels: 149.
+    fringe, subject = frames.copy(), frames.copy()
+    fringe[:, 2:14, 2:14] = COLOURS["blue"]  # 144 pixels on every frame
+    subject[:, 2:15, 2:14] = COLOURS["blue"]  # 156
+    assert judge_appearance(fringe, prompt, exemplars)["leaked"] == []
+    assert judge_appearance(subject, prompt, exemplars)["leaked"] == ["blue square"]
+    # On a quarter of the frames it counts, on fewer it does not.
+    quarter, fewer = frames.copy(), frames.copy()
+    quarter[: -(-FRAMES // 4), 2:15, 2:14] = COLOURS["blue"]
+    fewer[: FRAMES // 4 - 1, 2:15, 2:14] = COLOURS["blue"]
+    assert judge_appearance(quarter, prompt, exemplars)["leak"]
+    assert not judge_appearance(fewer, prompt, exemplars)["leak"]
+
+
 def test_confusion_matrix_counts_in_relation_order():
     names, matrix = confusion_matrix(["orbits", "approaches", "orbits"], ["orbits", NONE, "jumps_over"])
     assert names == ["approaches", "orbits", "jumps_over", NONE]

@@ -5,7 +5,7 @@
 | relation  | video and text query/key               | relation                    | yes      |
 | subject1  | video and text value                   | relation, subject1          | no       |
 | subject2  | video and text value                   | relation, subject2          | no       |
-| ffn       | attention output projections           | every mode                  | yes      |
+| ffn       | attention output projections           | every mode (or relation: subject_modes_train_ffn off) | yes |
 
 Adapter outputs add up (`y = W x + sum_active (alpha/r) B A x`); masks never gate them, they weight the loss.
 """
@@ -81,10 +81,11 @@ def training_modes(method: MethodConfig) -> list[TrainingMode]:
         return [TrainingMode("direct", ("direct",), None)]
     if not method.subject_adapters:
         return [TrainingMode("relation", ("relation", "ffn"), relation_mask)]
+    with_ffn = ("ffn",) if method.subject_modes_train_ffn else ()
     return [
         TrainingMode("relation", ("relation", "subject1", "subject2", "ffn"), relation_mask),
-        TrainingMode("subject1", ("subject1", "ffn"), "subject1" if method.mask_loss else None),
-        TrainingMode("subject2", ("subject2", "ffn"), "subject2" if method.mask_loss else None),
+        TrainingMode("subject1", ("subject1", *with_ffn), "subject1" if method.mask_loss else None),
+        TrainingMode("subject2", ("subject2", *with_ffn), "subject2" if method.mask_loss else None),
     ]
 
 
