@@ -1,9 +1,9 @@
 """Benchmark: the app's example flow, run as a new user runs it, and judged.
 
 Starts `python app.py` on a model (default: the embedded toy model) with a fresh data directory, then through
-gradio_client: loads the bundled example "orbits" (6 exemplars of a red square orbiting a blue square), trains
-it with the "quick" preset, waits for the job, and generates one video per prompt naming subject pairs the
-exemplars never showed. Each video is judged by Shapes World's judges: the relation with roles, and the prompted
+gradio_client: loads the bundled example "orbits" (12 exemplars of squares orbiting squares: red, blue, yellow and
+green, toyworld.examples), trains it with the "quick" preset, waits for the job, and generates one video per prompt
+naming subjects the exemplars never showed (cyan and magenta circles and triangles). Each video is judged by Shapes World's judges: the relation with roles, and the prompted
 colours. Prints a table and the wall times (quick-preset training, total).
 
     PYTHONPATH=. .venv/bin/python benchmarks/demo_flow.py
@@ -24,12 +24,11 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Unseen subject pairs: none is the exemplars' red and blue squares; the first two are colour pairs the toy base
-# model never saw together (world.HELD_OUT_COLOUR_PAIRS).
+# Unseen subjects: the colours (cyan, magenta) and shapes (circle, triangle) no bundled exemplar shows.
 PROMPTS = (
-    "A yellow circle orbits a blue triangle.",
-    "A green triangle orbits a magenta circle.",
-    "A cyan circle orbits a yellow square.",
+    "A cyan circle orbits a magenta triangle.",
+    "A magenta triangle orbits a cyan circle.",
+    "A magenta circle orbits a cyan triangle.",
 )
 
 

@@ -22,7 +22,14 @@ import torch
 
 from dreamrelation.config import ModelConfig
 from dreamrelation.models import load_model
-from dreamrelation.toyworld.examples import DEFAULT_FRAMES, DEFAULT_SIZE, EXEMPLAR_PAIRS, exemplar_scenes, unseen_prompts
+from dreamrelation.toyworld.examples import (
+    DEFAULT_FRAMES,
+    DEFAULT_PAIRS,
+    DEFAULT_SIZE,
+    EXEMPLAR_PAIRS,
+    exemplar_scenes,
+    unseen_prompts,
+)
 from dreamrelation.toyworld.judges import judge_appearance
 from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.tracking import classify_pixels, colour_blobs
@@ -37,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toy", help="'toy' or a folder holding a saved MochiPipeline.")
     parser.add_argument("--clips", type=int, default=12, help="Unseen-subject prompts per held-out relation.")
-    parser.add_argument("--exemplar-pairs", type=int, default=4, help="Subject pairs of the exemplars (relation_eval's).")
+    parser.add_argument("--exemplar-pairs", type=int, default=DEFAULT_PAIRS, help="Subject pairs of the exemplars.")
     return parser.parse_args(argv)
 
 

@@ -76,10 +76,12 @@ from dreamrelation.config import (
     TrainConfig,
     describe_validation_error,
 )
+from dreamrelation.presets import TRAINING_PRESETS
 from dreamrelation.toyworld.captions import caption
 from dreamrelation.toyworld.examples import (
     DEFAULT_COUNT,
     DEFAULT_FRAMES,
+    DEFAULT_PAIRS,
     DEFAULT_SEED,
     DEFAULT_SIZE,
     exemplar_scenes,
@@ -101,27 +103,33 @@ class Row:
     uses_masks: bool  # False: training never reads the masks, so the row is the same for every mask source
 
 
+# Every run trains as the app's quick preset does (the recipe that won on this model, docs/toy-model.md); its
+# method is the "dreamrelation" row, and the ablations switch one part of it off.
+RECIPE = TRAINING_PRESETS["quick"].overrides
+_METHOD = RECIPE["method"]
 ROWS: dict[str, Row] = {
     row.name: row
     for row in (
         Row("base", "base model (no adapter)", None, False),
         Row("direct-lora", "direct LoRA (q,k,v,out; plain MSE)", MethodConfig(mode="direct-lora"), False),
-        Row("dreamrelation", "DreamRelation (full)", MethodConfig(), True),
-        Row("no-hybrid-mask", "w/o hybrid mask", MethodConfig(mask_loss=False), False),
-        Row("no-contrastive", "w/o contrastive loss", MethodConfig(contrastive=False), True),
-        Row("no-subject-adapters", "w/o subject adapters", MethodConfig(subject_adapters=False), True),
-        Row("relation-on-v", "relation on V, subjects on Q,K", MethodConfig(relation_placement="v"), True),
-        Row("relation-on-q", "relation on Q only", MethodConfig(relation_placement="q"), True),
+        Row("dreamrelation", "DreamRelation (the quick preset's recipe)", MethodConfig(**_METHOD), True),
+        Row("paper", "DreamRelation (the paper's recipe)", MethodConfig(), True),
+        Row("no-hybrid-mask", "w/o hybrid mask", MethodConfig(**_METHOD, mask_loss=False), False),
+        Row("no-contrastive", "w/o contrastive loss", MethodConfig(**_METHOD, contrastive=False), True),
+        Row("no-subject-adapters", "w/o subject adapters", MethodConfig(**_METHOD, subject_adapters=False), True),
+        Row("relation-on-v", "relation on V, subjects on Q,K", MethodConfig(**_METHOD, relation_placement="v"), True),
+        Row("relation-on-q", "relation on Q only", MethodConfig(**_METHOD, relation_placement="q"), True),
     )
 }
+DEFAULT_ROWS = ("base", "direct-lora", "dreamrelation", "paper")
 MASK_SOURCES = ("gt", "basic")
 
 # Settings: (default, --quick). --quick is a smoke run of every code path at tiny sizes; an explicit option wins.
 SETTINGS = {
     "exemplars": (DEFAULT_COUNT, 3),
-    "steps": (400, 20),
+    "steps": (RECIPE["train"]["steps"], 20),
     "seeds": (3, 1),
-    "prompts_per_relation": (6, 2),
+    "prompts_per_relation": (12, 2),
     "fit_prompts": (2, 1),
     "sample_steps": (None, 6),  # None: the model's
     "frames": (DEFAULT_FRAMES, 13),
@@ -141,13 +149,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="Where the JSON results go (default WORK_DIR/relation_eval.json).")
     parser.add_argument("--relations", default=",".join(HELD_OUT_RELATIONS), help="Comma-separated relations.")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"Comma-separated subset of: {', '.join(ROWS)}.")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                        help=f"Comma-separated subset of: {', '.join(ROWS)} (default {', '.join(DEFAULT_ROWS)}).")
     parser.add_argument("--masks", choices=("gt", "basic", "both"), default="gt", help="Masks the rows train with.")
     parser.add_argument("--exemplars", type=int, help="Exemplar videos per relation (6; quick 3).")
-    parser.add_argument("--exemplar-pairs", type=int, default=1, help="Subject pairs the exemplar videos take turns "
-                        "over (toyworld.examples.EXEMPLAR_PAIRS: squares of red, blue, yellow and green; 1: one pair).")
+    parser.add_argument("--exemplar-pairs", type=int, default=DEFAULT_PAIRS, help="Subject pairs the exemplar videos "
+                        "take turns over (toyworld.examples.EXEMPLAR_PAIRS: squares of red, blue, yellow and green; "
+                        f"{DEFAULT_PAIRS}; 1: a red and a blue square).")
     parser.add_argument("--steps", type=int, help="Training steps per run (400; quick 20).")
-    parser.add_argument("--lr", type=float, default=TrainConfig().learning_rate, help="Training learning rate.")
+    parser.add_argument("--lr", type=float, default=RECIPE["train"]["learning_rate"],
+                        help="Training learning rate (the quick preset's).")
     parser.add_argument("--method", type=json.loads, default={}, metavar="JSON",
                         help="MethodConfig fields set on every trained row over its own, for lever sweeps, e.g. "
                              "'{\"lambda_mask\": 5}'.")

@@ -48,6 +48,7 @@ TRAIN_OPTIONS = {
     "--ffn-alpha": ("method", "ffn_alpha"),
     "--subject-adapters": ("method", "subject_adapters"),
     "--relation-share": ("method", "relation_share"),
+    "--subject-dropout": ("method", "subject_dropout"),
     "--subject-modes-train-ffn": ("method", "subject_modes_train_ffn"),
     "--mask-loss": ("method", "mask_loss"),
     "--lambda-mask": ("method", "lambda_mask"),

@@ -232,6 +232,11 @@ class MethodConfig(_Settings):
         description="Share of steps in relation mode, the rest split between the subject modes; None: every mode "
         "equally often (the paper's: a third each).",
     )
+    subject_dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of relation-mode steps trained without the subject adapters, as generation runs "
+        "(ours; 0: the paper's, every relation-mode step with them).",
+    )
     subject_modes_train_ffn: bool = Field(
         True,
         description="Train the ffn adapter in the subject modes too (the paper's); off (ours): the subject modes train "

@@ -11,7 +11,7 @@ Prompts with other colours and shapes (e.g. "A yellow circle orbits a cyan trian
 relation LoRA learnt the motion rather than the exemplars' look (benchmarks/relation_eval.py does that).
 
     PYTHONPATH=. python scripts/make_examples.py                          # assets/examples/{orbits,jumps_over}
-    PYTHONPATH=. python scripts/make_examples.py --output /tmp/ex --relations orbits --count 3 --frames 13 --size 64
+    PYTHONPATH=. python scripts/make_examples.py --output /tmp/ex --relations orbits --count 3 --pairs 1 --frames 13 --size 64
     dreamrelation train --data assets/examples/orbits --model toy --frames 25 --height 96 --width 96 ...
 """
 
@@ -22,7 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dreamrelation.config import EXAMPLES_DIR
-from dreamrelation.toyworld.examples import DEFAULT_COUNT, DEFAULT_FRAMES, DEFAULT_SEED, DEFAULT_SIZE, write_examples
+from dreamrelation.toyworld.examples import (
+    DEFAULT_COUNT,
+    DEFAULT_FRAMES,
+    DEFAULT_PAIRS,
+    DEFAULT_SEED,
+    DEFAULT_SIZE,
+    EXEMPLAR_PAIRS,
+    write_examples,
+)
 from dreamrelation.toyworld.world import HELD_OUT_RELATIONS
 
 
@@ -34,6 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--relations", default=",".join(HELD_OUT_RELATIONS), help="Comma-separated relations (default: held-out ones)."
     )
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="Exemplar videos per relation.")
+    parser.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, choices=range(1, len(EXEMPLAR_PAIRS) + 1),
+                        metavar="K", help="Subject pairs the videos take turns over (1: a red and a blue square).")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="Frames per video (6k+1).")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="Frame side in pixels (multiple of 16).")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Seed of the exemplar scenes.")
@@ -46,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     relations = [name.strip() for name in args.relations.split(",") if name.strip()]
     folders = []
     for relation in relations:
-        folder = write_examples(args.output / relation, relation, args.count, args.frames, args.size, args.seed)
+        folder = write_examples(args.output / relation, relation, args.count, args.frames, args.size, args.seed,
+                                args.pairs)
         size_kb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024
         print(f"{folder}: {args.count} videos of {relation!r}, {args.frames} frames at {args.size}px, {size_kb:.0f} KB")
         folders.append(folder)

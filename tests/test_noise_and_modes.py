@@ -49,3 +49,18 @@ def test_relation_share_sets_the_relation_modes_frequency_and_splits_the_rest():
     assert counts["subject1"] / 6000 == pytest.approx(0.2, abs=0.03)
     assert counts["subject2"] / 6000 == pytest.approx(0.2, abs=0.03)
     assert _counts(MethodConfig(relation_share=1.0), 200) == {"relation": 200}
+
+
+def test_subject_dropout_leaves_the_subject_adapters_out_of_that_share_of_relation_steps():
+    method, generator = MethodConfig(relation_share=1.0, subject_dropout=0.25), torch.Generator().manual_seed(0)
+    modes = training_modes(method)
+    drawn = [draw_mode(modes, method, generator) for _ in range(4000)]
+    assert {m.name for m in drawn} == {"relation"}
+    without = sum(m.adapters == ("relation", "ffn") for m in drawn)
+    assert without / 4000 == pytest.approx(0.25, abs=0.03)
+    assert all(m.adapters == modes[0].adapters for m in drawn if m.adapters != ("relation", "ffn"))
+    # Off, the draw is the paper's, number for number.
+    plain, again = MethodConfig(), torch.Generator().manual_seed(1)
+    reference = torch.Generator().manual_seed(1)
+    assert [draw_mode(training_modes(plain), plain, again).name for _ in range(50)] == [
+        ("relation", "subject1", "subject2")[int(torch.randint(3, (1,), generator=reference))] for _ in range(50)]

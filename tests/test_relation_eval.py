@@ -9,7 +9,7 @@ def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
     script = load_script("benchmarks/relation_eval.py")
     out = tmp_path / "results.json"
     argv = ["--quick", "--model", "tiny-random", "--device", "cpu", "--masks", "both", "--cache-dir", str(cache_dir),
-            "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+            "--work-dir", str(tmp_path / "work"), "--json", str(out), "--rows", ",".join(script.ROWS)]
     script.main(argv)
     table = capsys.readouterr().out
 
@@ -27,9 +27,9 @@ def test_quick_run_reports_every_row_and_column(tmp_path, cache_dir, capsys):
         assert set(metrics["relation_accuracy_by_relation"]) == set(relations)
         assert metrics["videos"] == 2 * len(relations) and metrics["fit_videos"] == len(relations)
         assert [v["kind"] for v in row["videos"]] == (["unseen"] * 2 + ["fit"]) * len(relations)
-        # The fit prompts are the exemplars' own caption.
+        # The fit prompts are the first exemplar's own caption.
         assert {v["prompt"] for v in row["videos"] if v["kind"] == "fit"} == {
-            info["captions"][0] for info in results["exemplars"].values()}
+            info["fit_caption"] for info in results["exemplars"].values()}
         assert all(set(v) >= {"prompt", "verdict", "relation_ok", "appearance_ok", "leak"} for v in row["videos"])
     for info in results["exemplars"].values():
         # Prompts name subjects the exemplars never show.
@@ -59,3 +59,19 @@ def test_method_and_train_overrides_reach_every_trained_row_and_bad_ones_are_one
     with pytest.raises(SystemExit):
         script.parse_args(["--method", '{"lambda_mask": -1}'])
     assert capsys.readouterr().err.strip().endswith("--method / --train: lambda_mask: must be at least 0, got -1")
+
+
+def test_the_defaults_train_as_the_apps_quick_preset_and_report_the_papers_recipe_beside_it(tmp_path):
+    from dreamrelation.config import MethodConfig
+    from dreamrelation.presets import preset_run
+
+    script = load_script("benchmarks/relation_eval.py")
+    args = script.parse_args([])
+    quick = preset_run("quick", {"data": {"data_dir": str(tmp_path)}})
+    assert (args.steps, args.lr) == (quick.train.steps, quick.train.learning_rate)
+    assert script.row_method(args, script.ROWS["dreamrelation"]) == quick.method
+    assert script.row_method(args, script.ROWS["paper"]) == MethodConfig()
+    assert args.rows == ["base", "direct-lora", "dreamrelation", "paper"] and args.seeds == 3
+    assert (args.exemplars, args.exemplar_pairs) == (12, 4)
+    # An ablation is the recipe with one part off.
+    assert script.row_method(args, script.ROWS["no-contrastive"]) == quick.method.model_copy(update={"contrastive": False})

@@ -35,10 +35,11 @@ def cli_run(*argv: str) -> RunConfig:
 def test_the_cli_and_the_app_build_the_same_quick_run(tmp_path):
     run = cli_run("--data", str(tmp_path), "--preset", "quick")
     assert run == build_run(ModelConfig(), tmp_path, "quick")
-    # By hand: the quick preset's values, alpha = its rank.
+    # By hand: the quick preset's values; the rest are the settings' defaults (alpha = the rank).
     assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps, run.train.checkpoint_every) == (
-        150, 5e-4, 10, 25)
-    assert (run.method.rank, run.method.resolved_alpha) == (8, 8.0)
+        1600, 1e-3, 200, 25)
+    assert (run.method.lambda_mask, run.method.relation_share, run.method.subject_dropout) == (5, 1.0, 0.5)
+    assert (run.method.rank, run.method.resolved_alpha, run.method.subject_adapters) == (16, 16.0, True)
 
 
 def test_the_cli_default_is_the_paper_preset_which_is_runconfigs_defaults(tmp_path):
@@ -50,14 +51,14 @@ def test_the_cli_default_is_the_paper_preset_which_is_runconfigs_defaults(tmp_pa
 def test_flags_override_the_preset_as_the_apps_settings_do(tmp_path):
     run = cli_run("--data", str(tmp_path), "--preset", "quick", "--steps", "7", "--rank", "4")
     assert run == build_run(ModelConfig(), tmp_path, "quick", {"steps": 7, "rank": 4})
-    assert (run.train.steps, run.train.learning_rate, run.method.rank, run.method.resolved_alpha) == (7, 5e-4, 4, 4.0)
+    assert (run.train.steps, run.train.learning_rate, run.method.rank, run.method.resolved_alpha) == (7, 1e-3, 4, 4.0)
 
 
 def test_a_config_file_sits_between_the_preset_and_the_flags(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {{data_dir: '{tmp_path}'}}\ntrain: {{steps: 50, learning_rate: 0.001}}\n")
     run = cli_run("--config", str(config), "--preset", "quick", "--lr", "0.003")
-    assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps) == (50, 0.003, 10)
+    assert (run.train.steps, run.train.learning_rate, run.train.checkpoint_every) == (50, 0.003, 25)
 
 
 def test_an_unknown_preset_is_one_line_in_the_cli_and_a_value_error_in_the_app(tmp_path, capsys):

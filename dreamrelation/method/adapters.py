@@ -91,12 +91,18 @@ def training_modes(method: MethodConfig) -> list[TrainingMode]:
 
 def draw_mode(modes: Sequence[TrainingMode], method: MethodConfig, generator: torch.Generator) -> TrainingMode:
     """This step's mode: uniform over `modes` (the paper's draw), or relation mode with probability
-    `method.relation_share` and otherwise one subject mode, uniformly (docs/method.md §2)."""
+    `method.relation_share` and otherwise one subject mode, uniformly (docs/method.md §2). A relation-mode step
+    leaves the subject adapters out with probability `method.subject_dropout`."""
     if method.relation_share is None or len(modes) == 1:
-        return modes[int(torch.randint(len(modes), (1,), generator=generator))]
-    if float(torch.rand((), generator=generator)) < method.relation_share:
-        return modes[0]
-    return modes[1 + int(torch.randint(len(modes) - 1, (1,), generator=generator))]
+        mode = modes[int(torch.randint(len(modes), (1,), generator=generator))]
+    elif float(torch.rand((), generator=generator)) < method.relation_share:
+        mode = modes[0]
+    else:
+        return modes[1 + int(torch.randint(len(modes) - 1, (1,), generator=generator))]
+    if (mode is modes[0] and len(modes) > 1 and method.subject_dropout
+            and float(torch.rand((), generator=generator)) < method.subject_dropout):
+        return TrainingMode(mode.name, tuple(exported_adapters(method)), mode.loss_mask)
+    return mode
 
 
 def add_adapters(transformer: torch.nn.Module, spec: ModelSpecification, method: MethodConfig) -> list[str]:

@@ -1,8 +1,9 @@
 """The example relation datasets: exemplar scenes of one held-out relation each, written as ready datasets.
 
-Each dataset is a few exemplar videos of ONE relation, by default all with the same subject pair
-(EXEMPLAR_SUBJECTS: a red square acting on a blue square, medium size, plain background; with `pairs` > 1 the
-clips take turns over that many pairs of EXEMPLAR_PAIRS), in the layout of toyworld.dataset
+Each dataset is exemplar videos of ONE relation whose clips take turns over DEFAULT_PAIRS subject pairs of
+EXEMPLAR_PAIRS (squares of red, blue, yellow and green, medium size, plain background; the paper's exemplars
+show different actors, and a relation learned from one pair does not carry over: docs/toy-model.md), or with
+`pairs` 1 all of EXEMPLAR_SUBJECTS (a red square acting on a blue square), in the layout of toyworld.dataset
 (captions such as "A red square orbits a blue square.", exact masks, scenes.json). Every clip differs only in
 its scene seed (start position, direction, path). Deterministic in the seed: writing again gives the same
 decoded frames and masks (the mp4 bytes may differ between encoder builds).
@@ -29,7 +30,8 @@ from dreamrelation.toyworld.world import COLOURS, RELATIONS, SHAPES, Scene, Subj
 # The toy model's clip shape (scripts/train_toy_base.py --frames/--size).
 DEFAULT_FRAMES = 25
 DEFAULT_SIZE = 96
-DEFAULT_COUNT = 6
+DEFAULT_COUNT = 12
+DEFAULT_PAIRS = 4
 DEFAULT_SEED = 0
 # One fixed pair for every exemplar video: the same shape for both, so two shapes (circle, triangle) and four
 # colours stay unseen for the prompts that test generalisation.
@@ -43,7 +45,9 @@ _VARIETY_COLOURS = (("red", "blue"), ("yellow", "green"), ("blue", "red"), ("gre
 EXEMPLAR_PAIRS = tuple((Subject("square", a, "medium"), Subject("square", b, "medium")) for a, b in _VARIETY_COLOURS)
 
 
-def exemplar_scenes(relation: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED, pairs: int = 1) -> list[Scene]:
+def exemplar_scenes(
+    relation: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED, pairs: int = DEFAULT_PAIRS
+) -> list[Scene]:
     """The exemplar scenes of one relation: `count` scenes on a plain background, scene i of subject pair
     EXEMPLAR_PAIRS[i % pairs] (pairs 1: every scene of EXEMPLAR_SUBJECTS).
 
@@ -68,7 +72,7 @@ def write_examples(
     num_frames: int = DEFAULT_FRAMES,
     size: int = DEFAULT_SIZE,
     seed: int = DEFAULT_SEED,
-    pairs: int = 1,
+    pairs: int = DEFAULT_PAIRS,
 ) -> Path:
     """Write one relation's exemplar dataset into `root` (replaced whole if it exists); returns `root`.
 
