@@ -4,7 +4,7 @@ Takes a relation_eval run made with --save-videos (its WORK_DIR and JSON) and dr
 the clip, the judges' pixel classes of the middle frame (each vocabulary colour as itself, the background grey,
 "no colour" black) and both prompted subjects' tracks over the last frame (subject 1 a white line, subject 2 a
 black one), under a line with the row, the prompt and the judges' reading (relation, colours, shapes, leak).
-Then prints, per row, how often each vocabulary colour shows on a quarter of the frames (the leak rule), so a
+Then prints, per row, how often each vocabulary colour shows as a subject (the leak rule), so a
 leak or a lost track can be told apart from the judge's own misreading (e.g. blurred cyan read as blue);
 benchmarks/vae_colours.py gives what the model's VAE returns for each colour, the best a video can show.
 
@@ -24,13 +24,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dreamrelation.data.video import probe_video, read_frames
-from dreamrelation.toyworld.judges import judge_appearance, judge_relation
+from dreamrelation.toyworld.judges import colours_seen_as_subjects, judge_appearance, judge_relation
 from dreamrelation.toyworld.tracking import COLOUR_NAMES, classify_pixels, track_subjects
 from dreamrelation.toyworld.world import COLOURS, Subject
 
 FRAMES_SHOWN = 5
 LABEL_HEIGHT = 14
-_LEAK_SHARE = 0.25  # the leak rule's share of frames (judges._LEAK_SHARE), for the colour census
 
 
 def subjects_of(prompt: str) -> tuple[Subject, Subject]:
@@ -78,14 +77,6 @@ def reading(frames: np.ndarray, first: Subject, second: Subject, exemplars: list
     return f"{verdict.label} ({verdict.confidence:.2f}); {shapes}{leak}"
 
 
-def colour_census(frames: np.ndarray) -> set[str]:
-    """The vocabulary colours whose largest blob shows on at least _LEAK_SHARE of the frames."""
-    from dreamrelation.toyworld.tracking import colour_blobs
-
-    labels = classify_pixels(frames)
-    return {name for name in COLOUR_NAMES if colour_blobs(labels, name).any(axis=(1, 2)).mean() >= _LEAK_SHARE}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, required=True, help="relation_eval's WORK_DIR (run with --save-videos).")
@@ -106,7 +97,7 @@ def main(argv=None) -> None:
                     index = int(path.stem.split("-")[1])
                     prompt = exemplar["prompts"][index] if kind == "unseen" else exemplar["fit_caption"]
                     first, second = subjects_of(prompt)
-                    census.setdefault((row["row"], kind), Counter()).update(colour_census(frames))
+                    census.setdefault((row["row"], kind), Counter()).update(colours_seen_as_subjects(frames))
                     census[(row["row"], kind)]["(videos)"] += 1
                     if number < args.per_group:
                         label = f"{row['row']} | {kind} | {prompt} -> {reading(frames, first, second, exemplars)}"
@@ -126,7 +117,7 @@ def main(argv=None) -> None:
     for (row, kind), counts in census.items():
         shares = " | ".join(f"{counts[name] / counts['(videos)']:.2f}" for name in COLOUR_NAMES)
         print(f"| {row} | {kind} | {counts['(videos)']} | {shares} |")
-    print("\n(share of videos in which each vocabulary colour shows on at least a quarter of the frames)")
+    print("\n(share of videos in which each vocabulary colour shows as a subject: the leak rule)")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,21 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from dreamrelation.toyworld.tracking import Tracks, blob_shape, classify_pixels, colour_blobs, track_subjects
+from dreamrelation.toyworld.tracking import (
+    COLOUR_NAMES,
+    Tracks,
+    blob_shape,
+    classify_pixels,
+    colour_blobs,
+    track_subjects,
+)
 from dreamrelation.toyworld.world import RELATIONS, SIZES
 
 # track_subjects lives in tracking but belongs to the judges' interface.
 __all__ = [
     "NONE",
     "Verdict",
+    "colours_seen_as_subjects",
     "confusion_matrix",
     "format_confusion",
     "judge_appearance",
@@ -200,8 +208,7 @@ def judge_appearance(
     colours = {subject.colour for subject in (*prompt_subjects, *exemplar_subjects)}
     blobs = {colour: colour_blobs(labels, colour) for colour in colours}
     seen = {colour: blobs[colour].any(axis=(1, 2)).mean() for colour in colours}
-    subject_sized = {colour: (blobs[colour].sum(axis=(1, 2)) >= _LEAK_AREA_SHARE * min(frames.shape[1:3]) ** 2).mean()
-                     for colour in colours}
+    as_subject = {colour: _subject_sized(blobs[colour]).mean() for colour in colours}
     shapes = {}
     for subject in prompt_subjects:
         found = [blob_shape(blob) for blob in blobs[subject.colour] if blob.any()]
@@ -210,7 +217,7 @@ def judge_appearance(
     leaked = [
         f"{subject.colour} {subject.shape}"
         for subject in exemplar_subjects
-        if (subject.colour not in prompted and subject_sized[subject.colour] >= _LEAK_SHARE)
+        if (subject.colour not in prompted and as_subject[subject.colour] >= _LEAK_SHARE)
         or (prompted.get(subject.colour) not in (None, subject.shape) and shapes[subject.colour] == subject.shape)
     ]
     return {
@@ -220,6 +227,18 @@ def judge_appearance(
         "leaked": leaked,
         "leak": bool(leaked),
     }
+
+
+def _subject_sized(blobs: np.ndarray) -> np.ndarray:
+    """bool (F,): the frames on which one colour's bool (F, H, W) blob is as large as the smallest subject."""
+    return blobs.sum(axis=(1, 2)) >= _LEAK_AREA_SHARE * min(blobs.shape[1:3]) ** 2
+
+
+def colours_seen_as_subjects(frames: np.ndarray) -> set[str]:
+    """The vocabulary colours that show as a subject, by the leak rule: a blob the size of the smallest subject on a
+    quarter of the frames. Takes uint8 (F, H, W, 3) RGB frames; returns COLOURS names."""
+    labels = classify_pixels(frames)
+    return {name for name in COLOUR_NAMES if _subject_sized(colour_blobs(labels, name)).mean() >= _LEAK_SHARE}
 
 
 def confusion_matrix(labels: Sequence[str], predictions: Sequence[str]) -> tuple[list[str], np.ndarray]:
