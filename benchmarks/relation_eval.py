@@ -2,14 +2,14 @@
 method matters? The Shapes World version of the paper's Table 1 and ablations (docs/method.md §7).
 
 For each relation (default: the held-out ones, "orbits" and "jumps_over", which the toy base model never saw):
-1. data: write its exemplar videos, all of ONE subject pair (a red square acting on a blue square:
-   dreamrelation.toyworld.examples, the same videos as assets/examples/ at the default settings; with
-   --exemplar-pairs K they take turns over K pairs of red, blue, yellow and green squares), with the
+1. data: write its exemplar videos, 12 taking turns over 4 pairs of red, blue, yellow and green squares
+   (dreamrelation.toyworld.examples, the same videos as assets/examples/ at the default settings;
+   --exemplar-pairs 1: all of a red square acting on a blue square), with the
    generator's exact masks ('gt') and/or masks made by the basic segmenter ('basic', issue #3) from the videos
    alone; prepared once per setting under WORK_DIR/data and reused (the trainer caches their latents);
 2. train each row's relation LoRA on them (a fresh base model per run, so no row sees another's adapters);
 3. generate with prompts naming UNSEEN subject pairs (colours and shapes absent from the exemplars, e.g.
-   "A yellow circle orbits a cyan triangle."), loading the exported LoRA into a fresh pipeline with stock
+   "A magenta circle orbits a cyan triangle."), loading the exported LoRA into a fresh pipeline with stock
    diffusers, several seeds;
 4. judge every video (dreamrelation.toyworld.judges): relation accuracy (the right relation with the prompt's
    first subject as the actor), appearance accuracy (both prompted colours present with the prompted shapes)
@@ -20,14 +20,18 @@ For each relation (default: the held-out ones, "orbits" and "jumps_over", which 
 A seed is a full replicate: training seed s and generation seeds derived from s, over the same prompts; the
 table gives each measure as mean ± standard deviation over seeds (0 with one seed), and the videos judged.
 
-Rows: base (no adapter); direct-lora (one adapter on q,k,v,out, plain MSE); dreamrelation (full method);
-no-hybrid-mask (mask_loss off); no-contrastive; no-subject-adapters; relation-on-v (relation adapter on V,
-subject adapters on Q,K); relation-on-q (relation adapter on Q only). base, direct-lora and no-hybrid-mask do
-not read masks, so with --masks both they run once (masks column '-').
+Every run trains as the app's "quick" preset does (dreamrelation.presets: steps, learning rate, method). Rows:
+base (no adapter); direct-lora (one adapter on q,k,v,out, plain MSE); dreamrelation (the quick preset's method:
+DreamRelation with the additions that won on this model, docs/toy-model.md); paper (the paper's method,
+MethodConfig's defaults); and the ablations, each the quick preset's method with one part off: no-hybrid-mask
+(mask_loss off); no-contrastive; no-subject-adapters; relation-on-v (relation adapter on V, subject adapters on
+Q,K); relation-on-q (relation adapter on Q only). The defaults run base, direct-lora, dreamrelation and paper;
+--rows names others. base, direct-lora and no-hybrid-mask do not read masks, so with --masks both they run once
+(masks column '-').
 
-    PYTHONPATH=. python benchmarks/relation_eval.py                       # defaults: toy model, ~17 min on 2 CPU cores
+    PYTHONPATH=. python benchmarks/relation_eval.py                       # defaults: toy model, ~41 min on 1 core
     PYTHONPATH=. python benchmarks/relation_eval.py --quick               # smoke run: ~1 min on 2 CPU cores
-    PYTHONPATH=. python benchmarks/relation_eval.py --masks both --json results/relation_eval.json
+    PYTHONPATH=. python benchmarks/relation_eval.py --rows no-hybrid-mask,no-contrastive,no-subject-adapters
     PYTHONPATH=. python benchmarks/relation_eval.py --rows base,dreamrelation --relations orbits --seeds 1
     PYTHONPATH=. python benchmarks/relation_eval.py --quick --model tiny-random --cache-dir /tmp/cache
 
@@ -36,17 +40,9 @@ quality against the ground truth, timings) at --json, by default WORK_DIR/relati
 (--work-dir) defaults to $TMPDIR/dreamrelation-relation-eval, outside the repository, so a run leaves no
 untracked files behind; LoRAs go to WORK_DIR/runs, videos to WORK_DIR/videos with --save-videos.
 
-Timing, measured with a random-weight model of the toy architecture (tiny_random SIZES["toy"]) at 1 torch
-thread on 2 CPU cores shared with another training job: ~0.07 s per training step (a 400-step run ~30 s with
-its fixed costs), ~2 s per generated 25x96x96 video at 30 sampling steps, ~15 s to encode a relation's 6
-clips once. All rows with 1 seed took 11.2 min (peak RSS 0.9 GB), so the defaults (2 relations, 7 trained
-rows, 3 seeds, 400 steps, 6 prompts per relation; 42 runs, 288 videos) were estimated at 33 minutes; on the
-trained toy model, alone on the cores, they took 17 min (1036 s); --masks both adds the 5 mask-dependent rows
-again; --quick took 51 s.
-
-400 steps at the method's learning rate (2e-4) is what the budget allows. On the current toy model every row
-scores zero relation accuracy (its base model does not yet keep subjects coherent across latent frames; see
-README), so steps and learning rate are not the limit there yet.
+Timing on the toy model, one torch thread on 2 CPU cores shared with another run: a trained row takes about
+4 min per seed for both relations (1600 steps, 24 + 4 videos), the base row 1 min; the defaults (3 trained rows,
+3 seeds) about 41 min in all; --quick about 1 min.
 """
 
 from __future__ import annotations
