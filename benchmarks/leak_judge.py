@@ -30,14 +30,13 @@ from dreamrelation.toyworld.examples import (
     exemplar_scenes,
     unseen_prompts,
 )
-from dreamrelation.toyworld.judges import judge_appearance
+from dreamrelation.toyworld.judges import LEAK_SHARE, judge_appearance
 from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.tracking import classify_pixels, colour_blobs
 from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, Scene
 
 KINDS = ("ground truth (no exemplar subject)", "an exemplar-coloured square pasted in a corner",
          "subject 1 drawn in an exemplar colour", "subject 2 drawn in an exemplar colour")
-_OLD_LEAK_SHARE = 0.25  # of frames, as the judge's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +58,7 @@ def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
 def any_blob_leak(frames: np.ndarray, colours) -> bool:
     """The rule the judge replaced: any of `colours` past the tracker's noise floor on a quarter of the frames."""
     labels = classify_pixels(frames)
-    return any(colour_blobs(labels, colour).any(axis=(1, 2)).mean() >= _OLD_LEAK_SHARE for colour in colours)
+    return any(colour_blobs(labels, colour).any(axis=(1, 2)).mean() >= LEAK_SHARE for colour in colours)
 
 
 def clips(relation: str, count: int, pairs: int):

@@ -25,6 +25,7 @@ from dreamrelation.toyworld.world import RELATIONS, SIZES
 
 # track_subjects lives in tracking but belongs to the judges' interface.
 __all__ = [
+    "LEAK_SHARE",
     "NONE",
     "Verdict",
     "colours_seen_as_subjects",
@@ -43,7 +44,7 @@ _PRESENT_SHARE = 0.5
 # least as large as the smallest subject the world draws (a small triangle). Smaller blobs are fringes and decode
 # artefacts: the toy VAE paints them on 0.42 of ground-truth clips of unseen-subject prompts, and at this size on
 # 0.08, while a real exemplar subject passes it on every clip (benchmarks/leak_judge.py).
-_LEAK_SHARE = 0.25
+LEAK_SHARE = 0.25
 _LEAK_AREA_SHARE = min(SIZES.values()) ** 2 / 2
 # All distances below are shares of the frame's shorter side.
 _MOVES = 0.1  # a subject whose centre strays further than this from its start moves
@@ -217,7 +218,7 @@ def judge_appearance(
     leaked = [
         f"{subject.colour} {subject.shape}"
         for subject in exemplar_subjects
-        if (subject.colour not in prompted and as_subject[subject.colour] >= _LEAK_SHARE)
+        if (subject.colour not in prompted and as_subject[subject.colour] >= LEAK_SHARE)
         or (prompted.get(subject.colour) not in (None, subject.shape) and shapes[subject.colour] == subject.shape)
     ]
     return {
@@ -238,7 +239,7 @@ def colours_seen_as_subjects(frames: np.ndarray) -> set[str]:
     """The vocabulary colours that show as a subject, by the leak rule: a blob the size of the smallest subject on a
     quarter of the frames. Takes uint8 (F, H, W, 3) RGB frames; returns COLOURS names."""
     labels = classify_pixels(frames)
-    return {name for name in COLOUR_NAMES if _subject_sized(colour_blobs(labels, name)).mean() >= _LEAK_SHARE}
+    return {name for name in COLOUR_NAMES if _subject_sized(colour_blobs(labels, name)).mean() >= LEAK_SHARE}
 
 
 def confusion_matrix(labels: Sequence[str], predictions: Sequence[str]) -> tuple[list[str], np.ndarray]:
