@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 
 import numpy as np
-import torch
 
 from dreamrelation.config import ModelConfig
 from dreamrelation.models import load_model
 from dreamrelation.toyworld.examples import (
     DEFAULT_FRAMES,
     DEFAULT_PAIRS,
+    DEFAULT_SEED,
     DEFAULT_SIZE,
     EXEMPLAR_PAIRS,
     exemplar_scenes,
@@ -34,6 +36,9 @@ from dreamrelation.toyworld.judges import LEAK_SHARE, judge_appearance
 from dreamrelation.toyworld.render import render_scene
 from dreamrelation.toyworld.tracking import classify_pixels, colour_blobs
 from dreamrelation.toyworld.world import COLOURS, HELD_OUT_RELATIONS, Scene
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vae_colours import decode, encode  # noqa: E402  (the VAE round trip, as vae_colours measures it)
 
 KINDS = ("ground truth (no exemplar subject)", "an exemplar-coloured square pasted in a corner",
          "subject 1 drawn in an exemplar colour", "subject 2 drawn in an exemplar colour")
@@ -47,14 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
-    """uint8 (F, H, W, 3) -> the same clip encoded to the VAE's mean and decoded, uint8 (F, H, W, 3)."""
-    video = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
-    with torch.no_grad():
-        decoded = vae.decode(vae.encode(video.to(vae.dtype)).latent_dist.mean).sample
-    return ((decoded[0].float().permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-
-
 def any_blob_leak(frames: np.ndarray, colours) -> bool:
     """The rule the judge replaced: any of `colours` past the tracker's noise floor on a quarter of the frames."""
     labels = classify_pixels(frames)
@@ -63,10 +60,10 @@ def any_blob_leak(frames: np.ndarray, colours) -> bool:
 
 def clips(relation: str, count: int, pairs: int):
     """Yield (kind, frames, prompted subjects, exemplar subjects) for `count` unseen-subject prompts of `relation`."""
-    exemplars = tuple(dict.fromkeys(s for scene in exemplar_scenes(relation, count, 0, pairs)
+    exemplars = tuple(dict.fromkeys(s for scene in exemplar_scenes(relation, count, DEFAULT_SEED, pairs)
                                     for s in (scene.subject1, scene.subject2)))
     colours = sorted({s.colour for s in exemplars})
-    for index, (_, first, second) in enumerate(unseen_prompts(relation, exemplars, count, 0)):
+    for index, (_, first, second) in enumerate(unseen_prompts(relation, exemplars, count, DEFAULT_SEED)):
         colour = colours[index % len(colours)]
         scene = Scene(first, second, relation, 100 + index)
         truth = render_scene(scene, DEFAULT_FRAMES, DEFAULT_SIZE, DEFAULT_SIZE)[0]
@@ -83,11 +80,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not 1 <= args.exemplar_pairs <= len(EXEMPLAR_PAIRS):
         raise SystemExit(f"--exemplar-pairs must be 1..{len(EXEMPLAR_PAIRS)}")
-    vae = load_model(ModelConfig(name=args.model, device="cpu")).pipe.vae
+    loaded = load_model(ModelConfig(name=args.model, device="cpu"))
     judged = {kind: [] for kind in KINDS}
     for relation in HELD_OUT_RELATIONS:
         for kind, frames, prompted, exemplars in clips(relation, args.clips, args.exemplar_pairs):
-            decoded = vae_round_trip(vae, frames)
+            decoded = decode(loaded, encode(loaded, frames), len(frames))
             unprompted = {s.colour for s in exemplars} - {s.colour for s in prompted}
             judged[kind].append((judge_appearance(decoded, prompted, exemplars)["leak"],
                                  any_blob_leak(decoded, unprompted)))
