@@ -49,6 +49,7 @@ TRAIN_OPTIONS = {
     "--subject-adapters": ("method", "subject_adapters"),
     "--relation-share": ("method", "relation_share"),
     "--subject-dropout": ("method", "subject_dropout"),
+    "--dropout-subject-weight": ("method", "dropout_subject_weight"),
     "--subject-modes-train-ffn": ("method", "subject_modes_train_ffn"),
     "--mask-loss": ("method", "mask_loss"),
     "--lambda-mask": ("method", "lambda_mask"),

@@ -237,6 +237,12 @@ class MethodConfig(_Settings):
         description="Share of relation-mode steps trained without the subject adapters, as generation runs "
         "(ours; 0: the paper's, every relation-mode step with them).",
     )
+    dropout_subject_weight: float | None = Field(
+        None, ge=0,
+        description="Loss weight of the latent cells a subject touches in relation-mode steps without the subject "
+        "adapters, the other cells' being 1 (ours): 0 teaches the adapters generation keeps where the subjects "
+        "are not, never how they look; None: relation mode's hybrid-mask loss.",
+    )
     subject_modes_train_ffn: bool = Field(
         True,
         description="Train the ffn adapter in the subject modes too (the paper's); off (ours): the subject modes train "

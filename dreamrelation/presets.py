@@ -24,7 +24,7 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
         "the embedded model's recipe: a relation that carries over to new subjects in minutes on a CPU, "
         "not a recipe for full-size models",
         {"train": {"steps": 1600, "learning_rate": 1e-3, "checkpoint_every": 25},
-         "method": {"lambda_mask": 5, "relation_share": 1.0, "subject_dropout": 0.5}},
+         "method": {"lambda_mask": 5, "relation_share": 1.0, "subject_dropout": 0.5, "dropout_subject_weight": 1.0}},
     ),
 }
 

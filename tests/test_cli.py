@@ -76,6 +76,7 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
         (["train", "--data", "{data}", "--seed", "-1"], "train.seed: must be from 0 to 4294967295, got -1"),
         (["train", "--data", "{data}", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
         (["train", "--data", "{data}", "--relation-share", "1.5"], "method.relation_share"),
+        (["train", "--data", "{data}", "--dropout-subject-weight", "-1"], "method.dropout_subject_weight"),
         (["train", "--data", "{data}", "--sigma-sampling", "cosine"], "argument --sigma-sampling: invalid choice"),
         (["train", "--data", "{data}", "--steps", str(10**9)], "train.steps: must be from 1 to 100000"),
         (["generate", "--prompt", "A dog.", "--seed", str(2**70), "--output", "{out}/x.mp4"], "seed: must be from 0"),
@@ -100,7 +101,8 @@ def test_a_yaml_config_is_read_and_flags_override_it(data_dir, cache_dir, tmp_pa
          "model's num_frames): use a video, not a still image"),
     ],
     ids=["missing-folder", "missing-caption", "frames", "steps", "model", "empty-prompt", "missing-lora",
-         "negative-seed", "non-numeric-steps", "relation-share", "sigma-sampling", "huge-steps", "huge-seed", "too-many-frames", "mask-size",
+         "negative-seed", "non-numeric-steps", "relation-share", "dropout-subject-weight", "sigma-sampling",
+         "huge-steps", "huge-seed", "too-many-frames", "mask-size",
          "mask-colours", "long-caption", "latin1-caption", "data-is-a-file", "missing-hub-lora", "push-no-run",
          "push-bad-repo", "one-subject-caption", "one-frame-video"],
 )
@@ -162,7 +164,8 @@ def test_help_documents_every_option():
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0
     for flag in ("--no-mask-loss", "--no-contrastive", "--no-subject-adapters", "--method", "--resume", "--masks",
-                 "--relation-share", "--sigma-sampling", "--sigma-shift", "--sigma-logit-mean"):
+                 "--relation-share", "--subject-dropout", "--dropout-subject-weight", "--sigma-sampling",
+                 "--sigma-shift", "--sigma-logit-mean"):
         assert flag in result.stdout
 
 

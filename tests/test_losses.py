@@ -7,6 +7,7 @@ import torch
 from dreamrelation.config import MethodConfig
 from dreamrelation.method.losses import (
     RelationalContrastiveLoss,
+    background_loss,
     frame_features,
     hybrid_mask_loss,
     info_nce,
@@ -35,6 +36,17 @@ def test_hybrid_mask_loss_matches_a_hand_computation():
     masked = (0.25 * 4 + 0.25 * 16) / 4
     assert math.isclose(expected, mse + 50 * masked)
     assert math.isclose(hybrid_mask_loss(pred, target, None, 50.0).item(), mse)
+
+
+def test_background_loss_weighs_the_cells_a_subject_touches_by_the_subject_weight():
+    # B=1, C=2, F=1, H=1, W=3: errors [[1, 2, 3], [4, 5, 6]]; subject 1 covers half of cell 1, subject 2 cell 2.
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).view(1, 2, 1, 1, 3)
+    masks = torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, 1.0]]).view(1, 2, 1, 1, 3)
+    # Only cell 0 is background (weight 1); cells 1 and 2 weigh 0.25, however little of them a subject covers.
+    expected = (1 + 16 + 0.25 * (4 + 25 + 9 + 36)) / 6
+    assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 0.25).item(), expected, rel_tol=1e-6)
+    assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 0.0).item(), 17 / 6, rel_tol=1e-6)
+    assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 1.0).item(), 91 / 6, rel_tol=1e-6)
 
 
 def test_info_nce_matches_a_hand_computation():

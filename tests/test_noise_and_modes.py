@@ -64,3 +64,20 @@ def test_subject_dropout_leaves_the_subject_adapters_out_of_that_share_of_relati
     reference = torch.Generator().manual_seed(1)
     assert [draw_mode(training_modes(plain), plain, again).name for _ in range(50)] == [
         ("relation", "subject1", "subject2")[int(torch.randint(3, (1,), generator=reference))] for _ in range(50)]
+
+
+def test_dropout_subject_weight_gives_the_steps_without_subject_adapters_the_background_loss():
+    method = MethodConfig(relation_share=1.0, subject_dropout=0.5, dropout_subject_weight=0.0)
+    modes, generator = training_modes(method), torch.Generator().manual_seed(0)
+    drawn = [draw_mode(modes, method, generator) for _ in range(400)]
+    without = [m for m in drawn if m.adapters == ("relation", "ffn")]
+    assert 150 < len(without) < 250
+    assert {m.loss_mask for m in without} == {"background"}
+    assert {m.loss_mask for m in drawn if m not in without} == {"relation"}
+    # The draw itself does not change: the same steps go without the subject adapters as with the weight unset.
+    unset = MethodConfig(relation_share=1.0, subject_dropout=0.5)
+    again = torch.Generator().manual_seed(0)
+    assert [draw_mode(modes, unset, again).adapters for _ in range(400)] == [m.adapters for m in drawn]
+    # Without the mask loss (the run may have no masks) those steps keep the plain loss.
+    plain = MethodConfig(relation_share=1.0, subject_dropout=0.5, dropout_subject_weight=0.0, mask_loss=False)
+    assert {draw_mode(training_modes(plain), plain, generator).loss_mask for _ in range(50)} == {None}

@@ -39,6 +39,7 @@ def test_the_cli_and_the_app_build_the_same_quick_run(tmp_path):
     assert (run.train.steps, run.train.learning_rate, run.train.warmup_steps, run.train.checkpoint_every) == (
         1600, 1e-3, 200, 25)
     assert (run.method.lambda_mask, run.method.relation_share, run.method.subject_dropout) == (5, 1.0, 0.5)
+    assert run.method.dropout_subject_weight == 1.0
     assert (run.method.rank, run.method.resolved_alpha, run.method.subject_adapters) == (16, 16.0, True)
 
 

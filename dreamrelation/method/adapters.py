@@ -36,7 +36,7 @@ class AdapterSpec:
 @dataclass(frozen=True)
 class TrainingMode:
     """One hybrid-mask mode: the adapters active in it and the loss mask it uses ('relation', 'subject1',
-    'subject2' or None for plain MSE)."""
+    'subject2', 'background' or None for plain MSE)."""
 
     name: str
     adapters: tuple[str, ...]
@@ -92,7 +92,8 @@ def training_modes(method: MethodConfig) -> list[TrainingMode]:
 def draw_mode(modes: Sequence[TrainingMode], method: MethodConfig, generator: torch.Generator) -> TrainingMode:
     """This step's mode: uniform over `modes` (the paper's draw), or relation mode with probability
     `method.relation_share` and otherwise one subject mode, uniformly (docs/method.md §2). A relation-mode step
-    leaves the subject adapters out with probability `method.subject_dropout`."""
+    leaves the subject adapters out with probability `method.subject_dropout`, and then takes the 'background'
+    loss when `method.dropout_subject_weight` is set (and mask_loss on)."""
     if method.relation_share is None or len(modes) == 1:
         mode = modes[int(torch.randint(len(modes), (1,), generator=generator))]
     elif float(torch.rand((), generator=generator)) < method.relation_share:
@@ -101,7 +102,9 @@ def draw_mode(modes: Sequence[TrainingMode], method: MethodConfig, generator: to
         return modes[1 + int(torch.randint(len(modes) - 1, (1,), generator=generator))]
     if (mode is modes[0] and len(modes) > 1 and method.subject_dropout
             and float(torch.rand((), generator=generator)) < method.subject_dropout):
-        return TrainingMode(mode.name, tuple(exported_adapters(method)), mode.loss_mask)
+        # Without mask_loss the run may have no masks: its steps keep the plain loss.
+        loss_mask = mode.loss_mask if method.dropout_subject_weight is None or not mode.loss_mask else "background"
+        return TrainingMode(mode.name, tuple(exported_adapters(method)), loss_mask)
     return mode
 
 

@@ -29,6 +29,18 @@ def select_loss_mask(subject_masks: torch.Tensor, which: str | None) -> torch.Te
     return subject_masks[:, {"subject1": 0, "subject2": 1}[which]]
 
 
+def background_loss(pred: torch.Tensor, target: torch.Tensor, subject_masks: torch.Tensor,
+                    subject_weight: float) -> torch.Tensor:
+    """Squared error weighted 1 on the latent cells no subject touches (relation mask 0) and `subject_weight` on
+    the others, averaged over all cells.
+
+    pred, target: (B, C, F, H, W); subject_masks: (B, 2, F, H, W). Returns a scalar.
+    """
+    background = (relation_mask(subject_masks) <= 0).float().unsqueeze(1)
+    weight = background + subject_weight * (1.0 - background)
+    return (weight * (pred.float() - target.float()) ** 2).mean()
+
+
 def hybrid_mask_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, lambda_mask: float):
     """mean((1 + λ_m m²)(pred − target)²), the mask broadcast over channels; plain MSE when mask is None.
 
