@@ -11,6 +11,7 @@ from dreamrelation.method.losses import (
     frame_features,
     hybrid_mask_loss,
     info_nce,
+    reconstruction_loss,
     relation_mask,
     select_loss_mask,
 )
@@ -47,6 +48,22 @@ def test_background_loss_weighs_the_cells_a_subject_touches_by_the_subject_weigh
     assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 0.25).item(), expected, rel_tol=1e-6)
     assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 0.0).item(), 17 / 6, rel_tol=1e-6)
     assert math.isclose(background_loss(pred, torch.zeros_like(pred), masks, 1.0).item(), 91 / 6, rel_tol=1e-6)
+
+
+def test_reconstruction_loss_takes_the_loss_each_mode_names():
+    # The setup above: errors [[1, 2, 3], [4, 5, 6]], subject 1 on half of cell 1, subject 2 on cell 2.
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).view(1, 2, 1, 1, 3)
+    masks = torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, 1.0]]).view(1, 2, 1, 1, 3)
+    method = MethodConfig(lambda_mask=2.0, dropout_subject_weight=0.25)
+
+    def loss(which):
+        return reconstruction_loss(pred, torch.zeros_like(pred), masks, which, method).item()
+
+    assert math.isclose(loss("background"), (1 + 16 + 0.25 * (4 + 25 + 9 + 36)) / 6, rel_tol=1e-6)
+    # Hybrid weights 1 + 2 m²: relation mask [0, 0.5, 1] -> [1, 1.5, 3]; subject 1's mask [0, 0.5, 0] -> [1, 1.5, 1].
+    assert math.isclose(loss("relation"), (1 + 16 + 1.5 * (4 + 25) + 3 * (9 + 36)) / 6, rel_tol=1e-6)
+    assert math.isclose(loss("subject1"), (1 + 16 + 1.5 * (4 + 25) + (9 + 36)) / 6, rel_tol=1e-6)
+    assert math.isclose(loss(None), 91 / 6, rel_tol=1e-6)
 
 
 def test_info_nce_matches_a_hand_computation():

@@ -53,6 +53,16 @@ def hybrid_mask_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return (weight * squared_error).mean()
 
 
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, subject_masks: torch.Tensor, loss_mask: str | None,
+                        method: MethodConfig) -> torch.Tensor:
+    """The reconstruction loss of a training mode's `loss_mask` (TrainingMode.loss_mask): 'background' (steps
+    without the subject adapters, weighted by `method.dropout_subject_weight`), else the hybrid-mask loss with that
+    mask (None: plain MSE). pred, target: (B, C, F, H, W); subject_masks: (B, 2, F, H, W). Returns a scalar."""
+    if loss_mask == "background":
+        return background_loss(pred, target, subject_masks, method.dropout_subject_weight)
+    return hybrid_mask_loss(pred, target, select_loss_mask(subject_masks, loss_mask), method.lambda_mask)
+
+
 def frame_features(pred: torch.Tensor) -> torch.Tensor:
     """(B, C, F, H, W) -> (B, F, C): the spatial mean of each latent frame."""
     return pred.float().mean(dim=(3, 4)).transpose(1, 2)

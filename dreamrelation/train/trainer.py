@@ -35,7 +35,7 @@ from dreamrelation.method.adapters import (
     prior_mode,
     training_modes,
 )
-from dreamrelation.method.losses import RelationalContrastiveLoss, background_loss, hybrid_mask_loss, select_loss_mask
+from dreamrelation.method.losses import RelationalContrastiveLoss, reconstruction_loss
 from dreamrelation.models import LoadedModel, ModelSource, load_model
 from dreamrelation.models import memory
 from dreamrelation.models.base import Expert, ModelSpecification
@@ -297,11 +297,7 @@ def train_step(ctx: StepContext, mode: TrainingMode, state: TrainState) -> dict[
         model, latents, noise, sigmas, batch["prompt_embeds"], batch["prompt_mask"], ctx.dtype
     )
 
-    if mode.loss_mask == "background":
-        loss_rec = background_loss(pred, target, batch["subject_masks"], method.dropout_subject_weight)
-    else:
-        loss_rec = hybrid_mask_loss(pred, target, select_loss_mask(batch["subject_masks"], mode.loss_mask),
-                                    method.lambda_mask)
+    loss_rec = reconstruction_loss(pred, target, batch["subject_masks"], mode.loss_mask, method)
     contrastive = state.contrastive if not prior_step else None  # its banks hold the exemplars' relation only
     loss_rcl = contrastive(pred, generator) if contrastive else None
     loss = loss_rec if loss_rcl is None else loss_rec + method.lambda_contrastive * loss_rcl
