@@ -96,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-subject-weight", type=float, default=1.0,
                         help="Weight of the subjects' pixels (those far from the clip's background grey) in the VAE's "
                              "reconstruction loss, against 1 for the background's.")
+    parser.add_argument("--transformer-subject-weight", type=float, default=1.0,
+                        help="Weight of the latent cells a subject touches (its pixels far from the background grey, "
+                             "pooled to the latent grid as the relation trainer pools masks) in the transformer's "
+                             "flow-matching loss, against 1 for the background's.")
     parser.add_argument("--transformer-steps", type=int, default=6000, help="Transformer optimizer steps.")
     parser.add_argument("--decoder-steps", type=int, default=DECODER_STEPS,
                         help="Phase 6: steps of decoder-only fine-tuning (0: keep the decoder as it is).")
@@ -317,8 +321,21 @@ def encode_latents(pipe, clips: np.ndarray, captions: list[str], args) -> dict[s
     return record
 
 
-def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], args, log: ProgressLog) -> None:
-    """Phase 5: flow matching on the cached latents, 10% empty captions (for classifier-free guidance)."""
+@torch.no_grad()
+def latent_subject_cells(clips: np.ndarray, picks: np.ndarray, spec: MochiSpecification) -> torch.Tensor:
+    """uint8 clips (N, F, H, W, 3) and K indices -> float (K, 1, F', H/s, W/s): the latent cells any subject pixel
+    of those clips falls in (subject_pixels pooled as the relation trainer pools its masks:
+    ModelSpecification.masks_to_latent_grid)."""
+    cells = [spec.masks_to_latent_grid(subject_pixels(to_video_tensor(clips[picks[i : i + 32]], "cpu"))[:, 0])
+             for i in range(0, len(picks), 32)]
+    return torch.cat(cells)[:, None]
+
+
+def train_transformer(
+    pipe, clips: np.ndarray, data: dict[str, torch.Tensor], captions: list[str], args, log: ProgressLog
+) -> None:
+    """Phase 5: flow matching on the cached latents, 10% empty captions (for classifier-free guidance), the
+    subjects' latent cells weighted --transformer-subject-weight."""
     spec = MochiSpecification()
     transformer = pipe.transformer
     use_batched_attention(transformer)
@@ -336,6 +353,8 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
     seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
     latents, embeds, masks = data["latents"][seen], data["embeds"][seen], data["masks"][seen]
     seen_captions = [c for c, keep in zip(captions, seen.tolist()) if keep]
+    # (N, 1, F', H', W'): 1 + (w - 1) on the latent cells a subject touches; all ones at weight 1.
+    weights = 1 + (args.transformer_subject_weight - 1) * latent_subject_cells(clips, np.flatnonzero(seen.numpy()), spec)
 
     def encode(picks: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if args.train_text_encoder:
@@ -357,7 +376,9 @@ def train_transformer(pipe, data: dict[str, torch.Tensor], captions: list[str], 
             forward, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
             text.to(args.device), text_mask.to(args.device), torch.float32,
         )
-        return ((pred - target) ** 2).mean()
+        # Subjects are about a tenth of the cells but carry every colour and shape the judges read.
+        weight = weights[picks].to(args.device)
+        return (weight * (pred - target) ** 2).sum() / (weight.sum() * pred.shape[1])
 
     resumable_loop("transformer", trained, optimizer, args.transformer_steps, args, step, log, schedule)
     trained.eval()
@@ -412,7 +433,7 @@ def main(argv=None) -> None:
     data = encode_latents(pipe, clips, captions, args)
     pipe.vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"], scaling_factor=1.0)
     if not args.reuse_transformer:
-        train_transformer(pipe, data, captions, args, log)
+        train_transformer(pipe, clips, data, captions, args, log)
     if args.decoder_steps:
         finetune_decoder(pipe, clips, data, args, log)
     pipe.to("cpu").save_pretrained(args.output)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import torch
 
 from helpers import load_script
@@ -107,7 +108,8 @@ def test_init_from_continues_from_a_saved_model_and_keeps_its_t5(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     script.main(["--quick", "--output", str(first), "--work-dir", str(tmp_path / "w1"), "--seed", "1"])
     # Seed 0 builds other random weights: only the loaded ones can leave the T5 equal to the first model's.
-    script.main(["--quick", "--output", str(second), "--work-dir", str(tmp_path / "w2"), "--init-from", str(first)])
+    script.main(["--quick", "--output", str(second), "--work-dir", str(tmp_path / "w2"), "--init-from", str(first),
+                 "--transformer-subject-weight", "5"])
     phases = [json.loads(line)["phase"] for line in (tmp_path / "w2" / "loss.jsonl").read_text().splitlines()]
     assert "text" not in phases and phases.count("vae") == 2 and phases.count("transformer") == 3
     kept = T5EncoderModel.from_pretrained(first / "text_encoder").state_dict()
@@ -128,3 +130,18 @@ def test_subject_pixels_are_those_far_from_the_background_grey():
     expected = torch.zeros(1, 1, 1, 4, 4)
     expected[0, 0, 0, 1, 2] = 1
     assert torch.equal(script.subject_pixels(frame[None]), expected)
+
+
+def test_latent_subject_cells_are_the_cells_a_subject_pixel_falls_in():
+    """Mochi's grid (8 px cells, latent frame 0 = frame 0, then groups of 6 frames averaged), by hand."""
+    from dreamrelation.models.mochi import MochiSpecification
+
+    script = load_script("scripts/train_toy_base.py")
+    clips = np.full((2, 7, 16, 16, 3), 128, dtype=np.uint8)
+    clips[1, 0, 9, 3] = (220, 30, 30)  # clip 1, frame 0: one red pixel in cell (1, 0)
+    clips[1, 4:7, 2, 12] = (40, 70, 230)  # frames 4-6: a blue pixel in cell (0, 1), 3 of latent frame 1's 6 frames
+    cells = script.latent_subject_cells(clips, np.array([1, 0]), MochiSpecification())
+    expected = torch.zeros(2, 1, 2, 2, 2)
+    expected[0, 0, 0, 1, 0] = 1
+    expected[0, 0, 1, 0, 1] = 0.5
+    assert torch.equal(cells, expected)
