@@ -131,6 +131,15 @@ SETTINGS = {
     "frames": (DEFAULT_FRAMES, 13),
     "size": (DEFAULT_SIZE, 64),
 }
+
+
+def _with_defaults(text: str, setting: str) -> str:
+    """An option's help text with its SETTINGS default and --quick value."""
+    default, quick = SETTINGS[setting]
+    shown = "the model's" if default is None else default
+    return f"{text} ({shown}; quick {quick})."
+
+
 COLUMNS = ("relation_accuracy", "appearance_accuracy", "appearance_leak", "fit_accuracy")
 
 
@@ -148,11 +157,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
                         help=f"Comma-separated subset of: {', '.join(ROWS)} (default {', '.join(DEFAULT_ROWS)}).")
     parser.add_argument("--masks", choices=("gt", "basic", "both"), default="gt", help="Masks the rows train with.")
-    parser.add_argument("--exemplars", type=int, help="Exemplar videos per relation (6; quick 3).")
+    parser.add_argument("--exemplars", type=int, help=_with_defaults("Exemplar videos per relation", "exemplars"))
     parser.add_argument("--exemplar-pairs", type=int, default=DEFAULT_PAIRS, help="Subject pairs the exemplar videos "
                         "take turns over (toyworld.examples.EXEMPLAR_PAIRS: squares of red, blue, yellow and green; "
                         f"{DEFAULT_PAIRS}; 1: a red and a blue square).")
-    parser.add_argument("--steps", type=int, help="Training steps per run (400; quick 20).")
+    parser.add_argument("--steps", type=int, help=_with_defaults("Training steps per run", "steps"))
     parser.add_argument("--lr", type=float, default=RECIPE["train"]["learning_rate"],
                         help="Training learning rate (the quick preset's).")
     parser.add_argument("--method", type=json.loads, default={}, metavar="JSON",
@@ -164,15 +173,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Prior preservation (docs/method.md §8): N clips the base generates for captions of its "
                         "trained relations with random subjects, mixed into every trained row (TrainConfig.prior_dir; "
                         "--train '{\"prior_share\": ...}' sets their share). 0: off.")
-    parser.add_argument("--seeds", type=int, help="Replicates, seeds 0..N-1 (3; quick 1).")
-    parser.add_argument("--prompts-per-relation", type=int, help="Unseen-subject prompts per relation (6; quick 2).")
-    parser.add_argument("--fit-prompts", type=int, help="Videos per relation and seed on the exemplars' own caption "
-                        "(the fit column; 2; quick 1).")
-    parser.add_argument("--sample-steps", type=int, help="Denoising steps per video (the model's; quick 6).")
+    parser.add_argument("--seeds", type=int, help=_with_defaults("Replicates, seeds 0..N-1", "seeds"))
+    parser.add_argument("--prompts-per-relation", type=int, help=_with_defaults("Unseen-subject prompts per relation", "prompts_per_relation"))
+    parser.add_argument("--fit-prompts", type=int, help=_with_defaults(
+                        "Videos per relation and seed on the exemplars' own caption (the fit column)", "fit_prompts"))
+    parser.add_argument("--sample-steps", type=int, help=_with_defaults("Denoising steps per video", "sample_steps"))
     parser.add_argument("--guidance", type=float, help="Classifier-free guidance scale (the model's).")
     parser.add_argument("--lora-scale", type=float, default=1.0, help="Strength of the relation LoRA at generation.")
-    parser.add_argument("--frames", type=int, help="Frames per clip, 6k+1 (25, the toy model's; quick 13).")
-    parser.add_argument("--size", type=int, help="Frame side in pixels, multiple of 16 (96; quick 64).")
+    parser.add_argument("--frames", type=int, help=_with_defaults("Frames per clip, 6k+1", "frames"))
+    parser.add_argument("--size", type=int, help=_with_defaults("Frame side in pixels, multiple of 16", "size"))
     parser.add_argument("--data-seed", type=int, default=DEFAULT_SEED, help="Seed of the exemplar scenes and the prompts.")
     parser.add_argument("--save-videos", action="store_true", help="Write every generated video to WORK_DIR/videos.")
     parser.add_argument("--quick", action="store_true", help="Few steps, 1 seed, tiny sizes: a minutes-long smoke run.")
