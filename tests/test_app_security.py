@@ -121,6 +121,20 @@ def test_nothing_on_disk_lets_another_client_act_as_the_owner(server, flow):
     assert owner.predict(api_name="/list_relations")[0]["job_id"] == job_id
 
 
+def test_no_answer_names_a_file_on_the_server(server, flow):
+    """The job's status and the relations list are the owner's, the paths of its files are the server's layout
+    (owner folders are named by owner key): the API answers by job id."""
+    _, home, _ = server
+    client, _, job_id = flow
+    updates = list(client.submit(job_id, api_name="/job_status"))
+    relations = client.predict(api_name="/list_relations")
+    assert updates[-1]["state"] == "done" and relations[0]["job_id"] == job_id
+    answers = json.dumps([updates, relations])
+    for folder in {str(home), str(home.resolve())}:
+        assert folder not in answers, answers
+    assert "lora_path" not in answers and "sample_video" not in answers
+
+
 def test_the_database_holds_no_session_hash_or_user_name(server, flow):
     _, home, _ = server
     owner, _, _ = flow

@@ -217,7 +217,7 @@ def build_callbacks(studio: Studio):
         if not job_id:
             raise ValueError("no job id: start a training job first")
         for status in studio.follow_job(owner, str(job_id).strip()):
-            yield status.to_dict()
+            yield status.to_public_dict()
 
     @user_errors
     def cancel_job(job_id: str, request: gr.Request):
@@ -246,7 +246,7 @@ def build_callbacks(studio: Studio):
     @user_errors
     def list_relations(request: gr.Request):
         """Your trained relations: [{job_id, relation, steps, ...}]."""
-        return [r.to_dict() for r in studio.list_relations(owner_of(request))]
+        return [r.to_public_dict() for r in studio.list_relations(owner_of(request))]
 
     @user_errors
     @on_zero_gpu

@@ -14,6 +14,9 @@ from dreamrelation.outputs import RunDir
 from dreamrelation.train.progress import read_progress
 
 LOG_TAIL_LINES = 20
+# Where a job's files sit on the server: useless to a remote client (it downloads and generates by job id) and
+# telling of the server's layout, whose owner folders are named by owner key.
+_SERVER_PATHS = frozenset({"sample_video", "lora_path"})
 
 
 @dataclass
@@ -49,6 +52,10 @@ class JobStatus:
         """The status as JSON-ready values (paths as strings, (step, value) pairs as lists)."""
         return TypeAdapter(JobStatus).dump_python(self, mode="json")
 
+    def to_public_dict(self) -> dict:
+        """to_dict without the server's file paths: what the app's API answers."""
+        return _without_server_paths(self.to_dict())
+
 
 @dataclass
 class TrainedRelation:
@@ -63,6 +70,11 @@ class TrainedRelation:
     def to_dict(self) -> dict:
         """The entry as JSON-ready values."""
         return TypeAdapter(TrainedRelation).dump_python(self, mode="json")
+
+    def to_public_dict(self) -> dict:
+        """to_dict without the server's file paths: what the app's API answers."""
+        return _without_server_paths(self.to_dict())
+
 
 
 def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
@@ -128,3 +140,7 @@ def _tail(path: Path, lines: int) -> list[str]:
         return []
     with open(path, encoding="utf-8", errors="replace") as log:
         return [line.rstrip("\n") for line in deque(log, maxlen=lines)]
+
+
+def _without_server_paths(values: dict) -> dict:
+    return {name: value for name, value in values.items() if name not in _SERVER_PATHS}

@@ -71,7 +71,8 @@ def run_job(folder: JobFolder) -> int:
         return 1
     if main_process:
         folder.finish("done")
-        print(f"job {job_id}: done, {result.steps} steps; LoRA at {result.lora_path}", flush=True)
+        # The owner reads this log through the app: the file's name, not where the server keeps it.
+        print(f"job {job_id}: done, {result.steps} steps; relation LoRA {result.lora_path.name}", flush=True)
     return 0
 
 
