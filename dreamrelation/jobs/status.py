@@ -76,7 +76,6 @@ class TrainedRelation:
         return _without_server_paths(self.to_dict())
 
 
-
 def job_status(store: JobStore, job_id: str, owner: str) -> JobStatus:
     """The status of job `job_id` of `owner`; raises JobNotFound as JobStore.get does."""
     job = store.get(job_id, owner)
