@@ -174,9 +174,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "trained relations with random subjects, mixed into every trained row (TrainConfig.prior_dir; "
                         "--train '{\"prior_share\": ...}' sets their share). 0: off.")
     parser.add_argument("--seeds", type=int, help=_with_defaults("Replicates, seeds 0..N-1", "seeds"))
-    parser.add_argument("--prompts-per-relation", type=int, help=_with_defaults("Unseen-subject prompts per relation", "prompts_per_relation"))
+    parser.add_argument("--prompts-per-relation", type=int,
+                        help=_with_defaults("Unseen-subject prompts per relation", "prompts_per_relation"))
     parser.add_argument("--fit-prompts", type=int, help=_with_defaults(
-                        "Videos per relation and seed on the exemplars' own caption (the fit column)", "fit_prompts"))
+        "Videos per relation and seed on the exemplars' own caption (the fit column)", "fit_prompts"))
     parser.add_argument("--sample-steps", type=int, help=_with_defaults("Denoising steps per video", "sample_steps"))
     parser.add_argument("--guidance", type=float, help="Classifier-free guidance scale (the model's).")
     parser.add_argument("--lora-scale", type=float, default=1.0, help="Strength of the relation LoRA at generation.")

@@ -353,8 +353,12 @@ def train_transformer(
     seen = torch.tensor([not is_held_out_pair(a.colour, b.colour) for a, b in map(prompt_subjects, captions)])
     latents, embeds, masks = data["latents"][seen], data["embeds"][seen], data["masks"][seen]
     seen_captions = [c for c, keep in zip(captions, seen.tolist()) if keep]
-    # (N, 1, F', H', W'): 1 + (w - 1) on the latent cells a subject touches; all ones at weight 1.
-    weights = 1 + (args.transformer_subject_weight - 1) * latent_subject_cells(clips, np.flatnonzero(seen.numpy()), spec)
+    # (N, 1, F', H', W'): 1 + (w - 1) on the latent cells a subject touches; None at weight 1 (the plain MSE, with
+    # no pass over the clips).
+    weights = None
+    if args.transformer_subject_weight != 1:
+        cells = latent_subject_cells(clips, np.flatnonzero(seen.numpy()), spec)
+        weights = 1 + (args.transformer_subject_weight - 1) * cells
 
     def encode(picks: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if args.train_text_encoder:
@@ -376,6 +380,8 @@ def train_transformer(
             forward, z0.to(args.device), noise.to(args.device), sigmas.to(args.device),
             text.to(args.device), text_mask.to(args.device), torch.float32,
         )
+        if weights is None:
+            return ((pred - target) ** 2).mean()
         # Subjects are about a tenth of the cells but carry every colour and shape the judges read.
         weight = weights[picks].to(args.device)
         return (weight * (pred - target) ** 2).sum() / (weight.sum() * pred.shape[1])
