@@ -24,6 +24,7 @@ from dreamrelation.jobs import (
     job_status,
     list_relations,
 )
+from dreamrelation.jobs.folder import MAX_LINE_CHARS, one_line
 from dreamrelation.train.checkpoint import latest_checkpoint
 from dreamrelation.train.progress import ProgressLog, read_progress
 
@@ -266,6 +267,13 @@ def test_a_job_trains_to_done_in_a_worker_process(store, schedulers, make_run):
     with pytest.raises(JobError, match=rf"job {job.id} has already finished \(done\); nothing to cancel"):
         scheduler.cancel(job.id, "alice")
     assert store.get(job.id, "alice") == done
+
+
+def test_an_error_line_is_one_line_within_the_limit():
+    assert one_line("no GPU\n  free:\t0 MiB ") == "no GPU free: 0 MiB"
+    long = one_line("x " * MAX_LINE_CHARS)
+    assert len(long) == MAX_LINE_CHARS and long == "x " * (MAX_LINE_CHARS // 2 - 1) + "x…"
+    assert one_line("y" * MAX_LINE_CHARS) == "y" * MAX_LINE_CHARS
 
 
 def test_a_training_error_fails_the_job_with_one_line_also_in_the_log(store, schedulers, make_run, tmp_path):

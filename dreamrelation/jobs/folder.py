@@ -21,6 +21,16 @@ from pathlib import Path
 
 from dreamrelation.config import RunConfig
 
+# The longest line the job table or worker.log takes from an error (a worker's, Ray's): a sentence and its fix.
+MAX_LINE_CHARS = 500
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: every run of whitespace (newlines included) one space, cut to MAX_LINE_CHARS with an
+    ellipsis. Takes and returns a str."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…"
+
 
 class JobFolder:
     """The files of one job's folder (`path` = HOME/jobs/ID); every write is atomic (a reader sees all or none)."""

@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dreamrelation.jobs.executors import Executor, ExecutorError, worker_command
+from dreamrelation.jobs.folder import one_line
 from dreamrelation.jobs.store import Job
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ CHECK_TIMEOUT_S = 90.0  # how long the home check may take, from its submission 
 OUTCOME_GRACE_S = 60.0
 _WORKER_EXIT_CODES = (0, 1)  # the worker's own exits (done, failed), after it wrote outcome.json
 _ADDRESS_VARIABLES = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")  # what Ray's client would take over ours
-_MAX_LINE = 300
 _environ_lock = threading.Lock()
 
 
@@ -164,7 +164,7 @@ class RayExecutor(Executor):
             if time.monotonic() - first_seen < OUTCOME_GRACE_S:
                 return True  # the worker wrote its outcome; the shared storage has yet to show it here
         self._ended.pop(ray_id, None)
-        job.folder.note(f"the Ray job {ray_id} ended {info.status}: {_one_line(info.message or '')}")
+        job.folder.note(f"the Ray job {ray_id} ended {info.status}: {one_line(info.message or '')}")
         return False
 
     def stop(self, job: Job) -> None:
@@ -252,7 +252,7 @@ class RayExecutor(Executor):
                 return json.loads(line[len(_REPORT):])
         raise ExecutorError(
             f"the data home check on the Ray cluster at {self.address} failed ({info.status}: "
-            f"{_last_line(logs) or _one_line(info.message or '')}); the nodes' Python, {self.python!r} "
+            f"{_last_line(logs) or one_line(info.message or '')}); the nodes' Python, {self.python!r} "
             f"(${PYTHON_ENV}), needs Ray and this package (README, 'A Ray cluster')"
         )
 
@@ -285,7 +285,7 @@ class RayExecutor(Executor):
             raise self._unreachable(error) from None
 
     def _unreachable(self, error: BaseException) -> ExecutorError:
-        return ExecutorError(f"the Ray cluster at {self.address} is out of reach: {_one_line(str(error))}")
+        return ExecutorError(f"the Ray cluster at {self.address} is out of reach: {one_line(str(error))}")
 
 
 _REPORT = "DREAMRELATION-HOME-CHECK "
@@ -354,7 +354,7 @@ def _connect(address: str, url: str, timeout_s: float):
             return Client(url)
     except Exception as error:
         # Ray turns a refused or timed-out connection into a ConnectionError that only repeats the address.
-        reason = "no answer" if isinstance(error, ConnectionError) else _one_line(str(error))
+        reason = "no answer" if isinstance(error, ConnectionError) else one_line(str(error))
         raise ExecutorError(
             f"cannot reach the Ray cluster at {address}{via} ({reason}); check that the cluster is "
             f"up and that this machine reaches its dashboard (port {DASHBOARD_PORT} by default; README, "
@@ -374,12 +374,7 @@ def _address_from_us() -> Iterator[None]:
             os.environ.update(saved)
 
 
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 1] + "…"
-
-
 def _last_line(text: str) -> str:
     """The last line of `text` that says something (Ray's error answers end with a traceback's last line)."""
     lines = [line.strip() for line in text.splitlines() if line.strip().strip(".")]
-    return _one_line(lines[-1]) if lines else ""
+    return one_line(lines[-1]) if lines else ""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dreamrelation.config import RunConfig
 from dreamrelation.data.dataset import DatasetError
-from dreamrelation.jobs.folder import JobFolder
+from dreamrelation.jobs.folder import JobFolder, one_line
 from dreamrelation.models import ModelLoadError, ModelSource
 from dreamrelation.models.base import ExpertChoiceError
 from dreamrelation.models.memory import InsufficientMemory
@@ -34,7 +34,6 @@ from dreamrelation.train.trainer import train
 # Training runs below the app's priority: on a machine whose cores it saturates (a CPU Space), the web server
 # still answers status polls and page loads at once, and training only loses the little time they take.
 WORKER_NICENESS = 19
-_MAX_ERROR_CHARS = 500
 # Errors whose message is the whole story (the fix included): logged as one line, without a traceback.
 _USER_ERRORS = (InsufficientMemory, ModelLoadError, DatasetError, ExpertChoiceError)
 
@@ -67,7 +66,8 @@ def run_job(folder: JobFolder) -> int:
         else:
             traceback.print_exc()
         if main_process:
-            folder.finish("failed", _one_line(error))
+            # The table holds what the user reads; the traceback went to worker.log.
+            folder.finish("failed", one_line(str(error)) or type(error).__name__)
         return 1
     if main_process:
         folder.finish("done")
@@ -105,12 +105,6 @@ class ReportPrepared(TrainerCallback):
     def on_prepared(self, run: RunConfig, step: int, clips: int) -> None:
         ids = [device for device in self.devices.split(",") if device]
         self.folder.mark_prepared(socket.gethostname(), ids, _processes())
-
-
-def _one_line(error: BaseException) -> str:
-    # The table holds what the user reads; the traceback went to worker.log.
-    message = " ".join(str(error).split()) or type(error).__name__
-    return message[:_MAX_ERROR_CHARS]
 
 
 def lower_cpu_priority(niceness: int) -> None:
